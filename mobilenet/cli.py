@@ -1,0 +1,109 @@
+"""The ``mobilenet`` command: LightningCLI with fit, validate, test and predict, plus run folders."""
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from mobilenet.data import CIFARDataModule
+from mobilenet.errors import UsageError
+from mobilenet.module import MobileNetClassifier
+from mobilenet.predictions import PredictionWriter
+from mobilenet.runs import BEST_PREFIX, CHECKPOINT_ROOT, LOG_ROOT, refuse_to_mix, resolve_checkpoint, run_name_from
+
+# Lightning 2.6 on torch 2.14 warns about its own use of a torch API at every run, and advertises a cloud
+# logger at every start; neither says anything about this run. A run folder with checkpoints in it is
+# either resumed or refused before Lightning looks (mobilenet/runs.py), so its warning about one is moot.
+warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "💡 Tip" not in record.getMessage())
+
+TRAINER_DEFAULTS = {
+    # The DataModule's sampler shards batches across ranks itself (mobilenet/data/sampling.py).
+    "use_distributed_sampler": False,
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(LOG_ROOT), "name": None}},
+}
+CHECKPOINT_DEFAULTS = {
+    "checkpoint.monitor": "val/acc",
+    "checkpoint.mode": "max",
+    "checkpoint.save_last": True,
+    "checkpoint.save_top_k": 1,
+    "checkpoint.filename": BEST_PREFIX + "epoch={epoch:03d}-val_acc={val/acc:.4f}",
+    "checkpoint.auto_insert_metric_name": False,
+}
+
+
+def auto_precision(accelerator: object) -> str:
+    """bf16-mixed on GPUs that support it, 16-mixed on older GPUs, 32-true on the CPU."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+class MobileNetCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_name",
+            type=Optional[str],
+            default=None,
+            help="Experiment name: checkpoints go to checkpoints/<run_name>/, logs to logs/<run_name>/. "
+            "Default: the first --config file's name.",
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(CHECKPOINT_DEFAULTS)
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        # Run folders are settled right after parsing: LightningCLI reads the model's hyper-parameters from
+        # --ckpt_path before before_instantiate_classes, so 'last'/'best' must already be a file by then.
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self.settle_run(self.config[subcommand], subcommand)
+
+    @staticmethod
+    def settle_run(config, subcommand: str) -> None:
+        config.run_name = config.run_name or run_name_from(config.get("config"))
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(CHECKPOINT_ROOT / config.run_name)
+        logger = config.trainer.logger
+        if hasattr(logger, "init_args") and "name" in logger.init_args and logger.init_args.name is None:
+            logger.init_args.name = config.run_name
+        if config.trainer.precision is None:
+            config.trainer.precision = auto_precision(config.trainer.accelerator)
+        run_dir = Path(config.checkpoint.dirpath)
+        if config.get("ckpt_path"):
+            config.ckpt_path = resolve_checkpoint(config.ckpt_path, run_dir, config.run_name, subcommand)
+        elif subcommand == "fit":
+            refuse_to_mix(run_dir, config.run_name)
+
+
+def build_cli(args: Optional[list[str]] = None, run: bool = True) -> MobileNetCLI:
+    """Parse ``args`` (default: the command line), build model, data and trainer, and run the subcommand."""
+    return MobileNetCLI(
+        MobileNetClassifier,
+        CIFARDataModule,
+        seed_everything_default=0,
+        trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [PredictionWriter()]},
+        # The optimiser and scheduler are the model's own arguments (model.optimizer, model.lr_scheduler).
+        auto_configure_optimizers=False,
+        parser_kwargs={"description": "Train, evaluate and use MobileNetV1 on CIFAR-10/100."},
+        args=args,
+        run=run,
+    )
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    try:
+        build_cli(args)
+    except UsageError as err:
+        sys.exit(f"mobilenet: error: {err}")
+
+
+if __name__ == "__main__":
+    main()

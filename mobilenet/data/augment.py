@@ -1,0 +1,204 @@
+"""Batched image augmentation on the training device, one random draw per image.
+
+Each op takes float images (N, C, H, W) in [0, 1] plus per-image parameters (N,) and reproduces the
+matching ``torchvision.transforms.v2.functional`` op applied image by image (``tests/test_augment.py`` holds
+them side by side). A whole batch costs a few kernel launches instead of N × (PIL decode + transform) in
+worker processes.
+
+Presets (``PRESETS``):
+    seed      the reference tutorial: horizontal flip, rotation ±10°, affine shear ±10° and scale 0.8-1.2,
+              colour jitter (brightness, contrast, saturation 0.2). Nearest-neighbour resampling and zero
+              fill, torchvision's defaults, as the tutorial used them.
+    standard  random 32×32 crop of the image padded by 4 pixels, then horizontal flip.
+    none      nothing.
+"""
+
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+Preset = Literal["seed", "standard", "none"]
+PRESETS: tuple[str, ...] = ("seed", "standard", "none")
+
+# ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale uses them.
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+
+
+def uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    """n draws from U(low, high) on the generator's device."""
+    return torch.rand(n, generator=generator, device=generator.device) * (high - low) + low
+
+
+def per_image(values: torch.Tensor) -> torch.Tensor:
+    """Shape (N,) parameters as (N, 1, 1, 1) so that they broadcast over images."""
+    return values.view(-1, 1, 1, 1)
+
+
+def horizontal_flip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror the images where ``flip`` (bool, (N,)) is true."""
+    return torch.where(per_image(flip), images.flip(-1), images)
+
+
+def inverse_affine(angle: torch.Tensor, scale: torch.Tensor, shear_x: torch.Tensor, shear_y: torch.Tensor) -> torch.Tensor:
+    """(N, 2, 2) maps from output to input pixel offsets about the image centre (angles in degrees).
+
+    Same matrix as torchvision's ``_get_inverse_affine_matrix`` without translation: the inverse of
+    rotation · scale · shear_y · shear_x.
+    """
+    rot, sx, sy = torch.deg2rad(angle), torch.deg2rad(shear_x), torch.deg2rad(shear_y)
+    a = torch.cos(rot - sy) / torch.cos(sy)
+    b = -(a * torch.tan(sx) + torch.sin(rot))
+    c = torch.sin(rot - sy) / torch.cos(sy)
+    d = torch.cos(rot) - c * torch.tan(sx)
+    # det([[a, b], [c, d]]) == 1, so the inverse is the adjugate divided by the scale.
+    return torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2) / scale.view(-1, 1, 1)
+
+
+def warp(images: torch.Tensor, inverse: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+    """Resample each image through its (2, 2) inverse map about the centre; outside pixels become 0.
+
+    Mirrors torchvision's ``_affine_grid`` + ``grid_sample(align_corners=False)`` so that the sampled
+    positions, and hence nearest-neighbour picks, are the same.
+    """
+    n, _, height, width = images.shape
+    device, dtype = images.device, images.dtype
+    xs = torch.linspace((1 - width) / 2, (width - 1) / 2, width, device=device, dtype=dtype)
+    ys = torch.linspace((1 - height) / 2, (height - 1) / 2, height, device=device, dtype=dtype)
+    offsets = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).view(1, height * width, 2)
+    source = offsets @ inverse.to(dtype).transpose(1, 2)  # (N, H*W, 2) input offsets in pixels
+    grid = source / torch.tensor([width / 2, height / 2], device=device, dtype=dtype)
+    return F.grid_sample(images, grid.view(n, height, width, 2), mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def rotation_inverse(angle: torch.Tensor) -> torch.Tensor:
+    """Inverse map of ``v2.functional.rotate(angle)`` (counter-clockwise degrees, so affine's angle is -angle)."""
+    zeros = torch.zeros_like(angle)
+    return inverse_affine(-angle, torch.ones_like(angle), zeros, zeros)
+
+
+def rgb_to_gray(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) luma."""
+    weights = torch.tensor(GRAY_WEIGHTS, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)
+
+
+def blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """factor · images + (1 - factor) · other, clamped to [0, 1], as torchvision's ``_blend``."""
+    factor = per_image(factor)
+    return (factor * images + (1 - factor) * other).clamp_(0, 1)
+
+
+def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return blend(images, torch.zeros_like(images), factor)
+
+
+def adjust_contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return blend(images, rgb_to_gray(images).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return blend(images, rgb_to_gray(images), factor)
+
+
+COLOUR_OPS: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_saturation,
+)
+
+
+def colour_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast and saturation with factors (N, 3), applied in a per-image order (N, 3).
+
+    torchvision's ColorJitter shuffles its ops for every image; to do that batched, each of the three
+    slots computes all three ops and keeps, per image, the one its order names (9 cheap ops, not 3).
+    """
+    for slot in range(len(COLOUR_OPS)):
+        op_index = order[:, slot]
+        candidates = [op(images, factors[:, i]) for i, op in enumerate(COLOUR_OPS)]
+        images = candidates[0]
+        for i in range(1, len(candidates)):
+            images = torch.where(per_image(op_index == i), candidates[i], images)
+    return images
+
+
+def crop_with_padding(images: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by ``padding`` on every side, then cut an H×W window at (top, left) of the padded image.
+
+    ``top`` and ``left`` (N,) lie in [0, 2 · padding]; this is RandomCrop(size, padding) with given offsets.
+    """
+    n, channels, height, width = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    rows = top.view(n, 1) + torch.arange(height, device=images.device)  # (N, H)
+    cols = left.view(n, 1) + torch.arange(width, device=images.device)  # (N, W)
+    batch = torch.arange(n, device=images.device).view(n, 1, 1)
+    return padded.permute(0, 2, 3, 1)[batch, rows.view(n, height, 1), cols.view(n, 1, width)].permute(0, 3, 1, 2)
+
+
+def seed_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The reference tutorial's augmentation; rotation and shear/scale resample once, in the tutorial's order."""
+    n = images.shape[0]
+    images = horizontal_flip(images, uniform(n, 0, 1, generator) < 0.5)
+    zeros = torch.zeros(n, device=images.device)
+    rotation = rotation_inverse(uniform(n, -10, 10, generator))
+    shear_scale = inverse_affine(zeros, uniform(n, 0.8, 1.2, generator), uniform(n, -10, 10, generator), zeros)
+    # The tutorial rotates first, then shears: output(p) = input(R⁻¹ · A⁻¹ · p).
+    images = warp(images, rotation @ shear_scale, mode="nearest")
+    factors = uniform(3 * n, 0.8, 1.2, generator).view(n, 3)
+    order = torch.rand(n, 3, generator=generator, device=generator.device).argsort(dim=1)
+    return colour_jitter(images, factors, order)
+
+
+def standard_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with padding (4 pixels at 32×32, the same fraction at other sizes), then horizontal flip."""
+    n, _, height, _ = images.shape
+    padding = max(1, round(height / 8))
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator, device=generator.device)
+    images = crop_with_padding(images, padding, offsets[0], offsets[1])
+    return horizontal_flip(images, uniform(n, 0, 1, generator) < 0.5)
+
+
+def no_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return images
+
+
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+    "seed": seed_augment,
+    "standard": standard_augment,
+    "none": no_augment,
+}
+
+
+def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Bilinear, antialiased resize to resolution × resolution (``v2.functional.resize`` on tensors)."""
+    if images.shape[-2:] == (resolution, resolution):
+        return images
+    return F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] → float32 [0, 1]."""
+    return images.float().div_(255)
+
+
+class BatchTransform:
+    """uint8 images on the device → (augmented when given a generator) → resized → normalised float32."""
+
+    def __init__(self, augment: Preset, resolution: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.augment = AUGMENTATIONS[augment]
+        self.resolution = resolution
+        self.mean = mean
+        self.std = std
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        batch = to_unit_float(images)
+        if generator is not None:
+            batch = self.augment(batch, generator)
+        return normalize(resize(batch, self.resolution), self.mean, self.std)

@@ -1,0 +1,126 @@
+"""Find, check (md5), download and read the official CIFAR-10/100 python archives into uint8 tensors.
+
+URLs, file names and checksums come from torchvision's own CIFAR classes, so there is one source of truth.
+A full read of CIFAR-10 is 60,000 × 3 × 32 × 32 bytes = 184 MB and takes about a second.
+"""
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.utils import check_integrity, download_url, extract_archive
+
+from mobilenet.errors import UsageError
+
+
+@dataclass(frozen=True)
+class CifarSpec:
+    title: str
+    source: type  # torchvision class that carries base_folder, url, filename, tgz_md5, train_list, test_list, meta
+    label_key: str
+
+    @property
+    def checksums(self) -> list[tuple[str, str]]:
+        """(file name, md5) of every file in the extracted folder."""
+        meta = self.source.meta
+        return [(name, md5) for name, md5 in self.source.train_list + self.source.test_list] + [
+            (meta["filename"], meta["md5"])
+        ]
+
+    def split_files(self, train: bool) -> list[str]:
+        return [name for name, _ in (self.source.train_list if train else self.source.test_list)]
+
+
+SPECS = {
+    "cifar10": CifarSpec("CIFAR-10", CIFAR10, "labels"),
+    "cifar100": CifarSpec("CIFAR-100", CIFAR100, "fine_labels"),
+}
+IMAGE_SHAPE = (3, 32, 32)
+
+
+def not_found_message(spec: CifarSpec, root: Path, missing: list[str], reason: str) -> str:
+    folder = root / spec.source.base_folder
+    return (
+        f"{spec.title} is not in '{root}' and {reason}. Expected either the extracted folder '{folder}' "
+        f"(missing: {', '.join(missing)}) or the official archive '{root / spec.source.filename}', "
+        f"which you can download from {spec.source.url} on a machine with internet access and copy there. "
+        f"To use data stored elsewhere, point --data.data_dir at the folder that holds it."
+    )
+
+
+def ensure_available(dataset: str, root: str | Path, download: bool = True, verify: bool = True) -> Path:
+    """Return the extracted dataset folder, extracting or downloading the archive first when needed.
+
+    Raises ``UsageError`` naming the expected files, the URL and ``--data.data_dir`` when the data is absent
+    and cannot be downloaded, and naming the bad file when a checksum does not match.
+    """
+    spec = SPECS[dataset]
+    root = Path(root)
+    folder = root / spec.source.base_folder
+    missing = [name for name, _ in spec.checksums if not (folder / name).is_file()]
+    if missing:
+        archive = root / spec.source.filename
+        archive_md5 = spec.source.tgz_md5 if verify else None
+        if download and not check_integrity(archive, archive_md5):
+            try:
+                download_url(spec.source.url, root, spec.source.filename, md5=archive_md5)
+            except Exception as err:  # URLError, socket timeouts, md5 mismatch: all end the same way
+                raise UsageError(
+                    not_found_message(spec, root, missing, f"could not be downloaded ({type(err).__name__}: {err})")
+                ) from err
+        if not archive.is_file():
+            raise UsageError(not_found_message(spec, root, missing, "downloading is off (--data.download false)"))
+        if not check_integrity(archive, archive_md5):
+            raise UsageError(
+                f"The archive '{archive}' does not match the official {spec.title} checksum (md5 "
+                f"{spec.source.tgz_md5}); it is probably incomplete. Delete it and download it again from "
+                f"{spec.source.url}, or pass --data.verify false if it is a copy you made yourself in the same format."
+            )
+        extract_archive(archive, root)
+        missing = [name for name, _ in spec.checksums if not (folder / name).is_file()]
+        if missing:
+            raise UsageError(
+                f"The archive '{archive}' did not contain {spec.source.base_folder}/{', '.join(missing)}: it is not "
+                f"the official {spec.title} python archive. Download that one from {spec.source.url}."
+            )
+    if verify:
+        corrupt = [name for name, md5 in spec.checksums if not check_integrity(folder / name, md5)]
+        if corrupt:
+            raise UsageError(
+                f"{spec.title} files in '{folder}' do not match the official checksums: {', '.join(corrupt)}. "
+                f"Delete the folder and let the project extract or download it again, or pass --data.verify false "
+                f"if these are files you made yourself in the same format."
+            )
+    return folder
+
+
+def load_pickle(path: Path) -> dict:
+    # latin1 reads the original Python 2 pickles with str keys, as torchvision does. These files are pickles:
+    # only load archives you trust (the md5 check above guards the official ones).
+    with open(path, "rb") as file:
+        return pickle.load(file, encoding="latin1")
+
+
+def read_split(folder: Path, dataset: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of the training or the test split."""
+    spec = SPECS[dataset]
+    images, labels = [], []
+    for name in spec.split_files(train):
+        entry = load_pickle(folder / name)
+        data = np.asarray(entry.get("data", []), dtype=np.uint8) if isinstance(entry, dict) else np.empty(0)
+        if data.ndim != 2 or data.shape[1] != np.prod(IMAGE_SHAPE) or len(entry.get(spec.label_key, ())) != len(data):
+            raise UsageError(
+                f"'{folder / name}' is not a {spec.title} batch: expected a dict with 'data' of shape (N, 3072) "
+                f"and N '{spec.label_key}'. Replace it with the file from the official archive ({spec.source.url})."
+            )
+        images.append(torch.from_numpy(data.reshape(-1, *IMAGE_SHAPE)))
+        labels.append(torch.tensor(entry[spec.label_key], dtype=torch.int64))
+    return torch.cat(images), torch.cat(labels)
+
+
+def read_class_names(folder: Path, dataset: str) -> list[str]:
+    meta = SPECS[dataset].source.meta
+    return list(load_pickle(folder / meta["filename"])[meta["key"]])

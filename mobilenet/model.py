@@ -1,0 +1,132 @@
+"""MobileNetV1 (Howard et al., 2017) as a plain ``nn.Module``: depthwise separable convolutions, width multiplier α.
+
+The network knows nothing of Lightning or of the data pipeline; it maps normalised images (N, 3, H, W) to
+logits (N, num_classes). The resolution multiplier ρ is a property of the input, not of the network: the
+global average pool accepts any H, W.
+"""
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from mobilenet.errors import UsageError
+
+STEM_CHANNELS = 32
+
+# c, s: output channels and stride of the 13 depthwise separable blocks (the paper's Table 1).
+BLOCKS: list[tuple[int, int]] = [
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    *[(512, 1)] * 5,
+    (1024, 2),
+    (1024, 1),
+]
+
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+
+
+def scaled_channels(channels: int, width_mult: float, divisor: int = 8) -> int:
+    """Round ``channels * width_mult`` to the nearest multiple of ``divisor``, never below it or 10% under.
+
+    Multiples of 8 keep vectorised kernels efficient; the paper's α ∈ {1, 0.75, 0.5, 0.25} give exact
+    multiples already, so the paper's layer widths (and cost tables) are unchanged. Same rule as
+    torchvision's ``_make_divisible``.
+    """
+    scaled = channels * width_mult
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return rounded
+
+
+def conv_bn_act(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, activation: type[nn.Module]
+) -> nn.Sequential:
+    """Convolution without bias (the BatchNorm after it has one), BatchNorm, activation."""
+    return nn.Sequential(
+        nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
+        ),
+        nn.BatchNorm2d(out_channels),
+        activation(inplace=True),
+    )
+
+
+class DepthwiseSeparable(nn.Sequential):
+    """A 3×3 depthwise convolution (one filter per channel) followed by a 1×1 pointwise convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, activation: type[nn.Module]) -> None:
+        super().__init__()
+        self.depthwise = conv_bn_act(in_channels, in_channels, 3, stride, in_channels, activation)
+        self.pointwise = conv_bn_act(in_channels, out_channels, 1, 1, 1, activation)
+
+
+class MobileNetV1(nn.Module):
+    """MobileNetV1 returning logits (no softmax: ``CrossEntropyLoss`` applies log-softmax itself).
+
+    Args:
+        num_classes: Number of output classes (10 for CIFAR-10, 100 for CIFAR-100, 1000 for ImageNet).
+        width_mult: The paper's width multiplier α in (0, 2]; scales every layer's channels.
+        stem_stride: Stride of the first 3×3 convolution: 1 keeps 32×32 CIFAR images at 2×2 before the pool,
+            2 is the paper's ImageNet layout (224×224 → 7×7).
+        activation: ``"relu"`` (the paper) or ``"relu6"``.
+        dropout: Dropout probability before the classifier; 0 disables it.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width_mult: float = 1.0,
+        stem_stride: Literal[1, 2] = 1,
+        activation: Literal["relu", "relu6"] = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}.")
+        if not 0 < width_mult <= 2:
+            raise UsageError(f"width_mult (α) must lie in (0, 2], got {width_mult!r}; the paper uses 1, 0.75, 0.5, 0.25.")
+        if stem_stride not in (1, 2):
+            raise UsageError(f"stem_stride must be 1 (CIFAR, 32×32) or 2 (ImageNet layout), got {stem_stride!r}.")
+        if activation not in ACTIVATIONS:
+            raise UsageError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+        if not 0 <= dropout < 1:
+            raise UsageError(f"dropout must lie in [0, 1), got {dropout!r}.")
+        act = ACTIVATIONS[activation]
+
+        in_channels = scaled_channels(STEM_CHANNELS, width_mult)
+        layers: list[nn.Module] = [conv_bn_act(3, in_channels, 3, stem_stride, 1, act)]
+        for channels, stride in BLOCKS:
+            out_channels = scaled_channels(channels, width_mult)
+            layers.append(DepthwiseSeparable(in_channels, out_channels, stride, act))
+            in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(in_channels, num_classes)
+        self.num_features = in_channels
+
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.pool(self.features(images)).flatten(1)
+        return self.classifier(self.dropout(features))

@@ -1,0 +1,126 @@
+"""The LightningModule: MobileNetV1 trained with cross-entropy, accuracy metrics, optimiser from the config."""
+
+from typing import Literal, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from mobilenet.model import MobileNetV1
+
+# Top-5 accuracy is reported when there are more classes than CIFAR-10's ten (CIFAR-100 and up).
+TOP5_MIN_CLASSES = 11
+
+
+def accuracy_metrics(num_classes: int, stage: str) -> MetricCollection:
+    """``{stage}/acc`` (top-1) and, for many classes, ``{stage}/acc_top5``; one collection per stage."""
+    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+    if num_classes >= TOP5_MIN_CLASSES:
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=f"{stage}/")
+
+
+class MobileNetClassifier(LightningModule):
+    """MobileNetV1 with cross-entropy; logs ``train/*``, ``val/*`` (with ``val/acc_best``) and ``test/*``.
+
+    Args:
+        num_classes: Output classes; the CLI links it from the data.
+        width_mult: Width multiplier α in (0, 2].
+        stem_stride: 1 for 32×32 CIFAR images, 2 for the paper's ImageNet layout.
+        activation: ``relu`` (the paper) or ``relu6``.
+        dropout: Dropout probability before the classifier.
+        label_smoothing: Cross-entropy label smoothing; 0 is plain cross-entropy.
+        optimizer: Optimiser class and arguments (default Adam, lr 1e-3, the reference recipe).
+        lr_scheduler: Optional learning-rate scheduler class and arguments. A scheduler that takes
+            ``total_steps`` (one-cycle) gets the run's number of optimiser steps when the config leaves it out.
+        lr_scheduler_interval: Step the scheduler every ``epoch`` or every ``step`` (batch).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width_mult: float = 1.0,
+        stem_stride: Literal[1, 2] = 1,
+        activation: Literal["relu", "relu6"] = "relu",
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+    ) -> None:
+        super().__init__()
+        # The optimiser and scheduler are recipe, not model: they live in the run's config.yaml, and leaving
+        # them out keeps checkpoint hyper-parameters plain data (loadable with weights_only=True).
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.net = MobileNetV1(num_classes, width_mult, stem_stride, activation, dropout)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.train_metrics = accuracy_metrics(num_classes, "train")
+        self.val_metrics = accuracy_metrics(num_classes, "val")
+        self.test_metrics = accuracy_metrics(num_classes, "test")
+        # Saved in checkpoints so that val/acc_best survives a resume.
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        metrics.update(logits, labels)
+        return self.criterion(logits, labels)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.shared_step(batch, self.train_metrics)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[1]))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        loss = self.shared_step(batch, self.val_metrics)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch[1]), sync_dist=True)
+        self.log_dict(self.val_metrics, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # two batches of an untrained model are no record to keep
+            return
+        self.val_acc_best(self.val_metrics["acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        loss = self.shared_step(batch, self.test_metrics)
+        self.log("test/loss", loss, batch_size=len(batch[1]), sync_dist=True)
+        self.log_dict(self.test_metrics)
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        confidence, prediction = self(images).softmax(dim=1).max(dim=1)
+        return {"prediction": prediction, "confidence": confidence, "label": labels}
+
+    def on_train_epoch_start(self) -> None:
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        scheduler = self.lr_scheduler(optimizer, **self.schedule_length())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval}}
+
+    def schedule_length(self) -> dict[str, int]:
+        """``total_steps`` for a one-cycle style scheduler whose config leaves its length out.
+
+        The config cannot know the run's length (it follows from epochs, dataset size and batch size), so
+        it is filled in here: optimiser steps when the scheduler steps per batch, else epochs.
+        """
+        given = getattr(self.lr_scheduler, "keywords", {})  # the CLI hands the scheduler over as a partial
+        if "total_steps" not in given or given["total_steps"] is not None or given.get("epochs") is not None:
+            return {}
+        if self.hparams.lr_scheduler_interval == "step":
+            return {"total_steps": int(self.trainer.estimated_stepping_batches)}
+        return {"total_steps": int(self.trainer.max_epochs)}

@@ -1,0 +1,107 @@
+"""The LightningModule through the real CLI wiring, in-process (the console script is in test_cli.py)."""
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CONFIGS
+from mobilenet.cli import build_cli
+from mobilenet.module import MobileNetClassifier
+
+
+def small_run(data_dir: Path, config: str = "cifar10.yaml", *extra: str) -> list[str]:
+    return [
+        "--config", str(CONFIGS / config),
+        "--data.data_dir", str(data_dir), "--data.verify", "false", "--data.download", "false",
+        "--data.val_size", "20", "--data.batch_size", "16",
+        "--model.width_mult", "0.25",
+        "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        *extra,
+    ]  # fmt: skip
+
+
+def metric_rows(log_dir: Path) -> list[dict]:
+    with open(log_dir / "metrics.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def logged_names(rows: list[dict]) -> set[str]:
+    return {key for row in rows for key, value in row.items() if value != ""}
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    """Run where checkpoints/ and logs/ are the test's own, with no pytest options on the command line."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mobilenet"])
+    return tmp_path
+
+
+def test_fit_and_test_log_the_namespaced_metrics(in_tmp, cifar10_dir):
+    cli = build_cli(["fit", *small_run(cifar10_dir)])
+    names = logged_names(metric_rows(Path(cli.trainer.log_dir)))
+    assert {"train/loss_step", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= names
+    assert not any("top5" in name for name in names)  # ten classes: top-5 says little
+
+    cli = build_cli(["test", *small_run(cifar10_dir), "--ckpt_path", "best"])
+    assert {"test/loss", "test/acc"} <= logged_names(metric_rows(Path(cli.trainer.log_dir)))
+
+
+def test_cifar100_links_100_classes_and_adds_top5(in_tmp, cifar100_dir):
+    cli = build_cli(["fit", *small_run(cifar100_dir, "cifar100.yaml")])
+    assert cli.model.net.classifier.out_features == 100
+    names = logged_names(metric_rows(Path(cli.trainer.log_dir)))
+    assert {"train/acc_top5", "val/acc_top5"} <= names
+
+
+def test_val_acc_best_is_the_best_validation_accuracy_so_far(in_tmp, cifar10_dir):
+    cli = build_cli(["fit", *small_run(cifar10_dir, "cifar10.yaml", "--trainer.max_epochs", "3",
+                                       "--model.optimizer.lr", "0.01")])  # fmt: skip
+    rows = [r for r in metric_rows(Path(cli.trainer.log_dir)) if r["val/acc"]]
+    accs = [float(r["val/acc"]) for r in rows]
+    assert [float(r["val/acc_best"]) for r in rows] == pytest.approx([max(accs[: i + 1]) for i in range(len(accs))])
+
+
+def test_optimiser_and_one_cycle_schedule_come_from_the_config(in_tmp, cifar10_dir):
+    cli = build_cli([
+        "fit", *small_run(cifar10_dir, "cifar10.yaml", "--trainer.max_epochs", "2"),
+        "--model.optimizer", "torch.optim.SGD", "--model.optimizer.lr", "0.05",
+        "--model.optimizer.momentum", "0.9", "--model.optimizer.nesterov", "true",
+        "--model.lr_scheduler", "torch.optim.lr_scheduler.OneCycleLR", "--model.lr_scheduler.max_lr", "0.1",
+        "--model.lr_scheduler_interval", "step",
+    ])  # fmt: skip
+    optimiser = cli.trainer.optimizers[0]
+    assert isinstance(optimiser, torch.optim.SGD) and optimiser.defaults["nesterov"]
+    scheduler_config = cli.trainer.lr_scheduler_configs[0]
+    assert isinstance(scheduler_config.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+    assert scheduler_config.interval == "step"
+    steps = cli.trainer.global_step
+    assert steps == 2 * 5  # 80 training images in batches of 16, two epochs
+    assert scheduler_config.scheduler.total_steps == steps  # filled in from the run's length
+    lrs = [float(r["train/lr"]) for r in metric_rows(Path(cli.trainer.log_dir)) if r["train/lr"]]
+    assert len(lrs) == 2 and lrs[1] > lrs[0]  # warming up towards max_lr
+
+
+def test_default_optimiser_is_adam_at_1e_3():
+    optimiser = MobileNetClassifier(width_mult=0.25).configure_optimizers()
+    assert isinstance(optimiser, torch.optim.Adam) and optimiser.defaults["lr"] == 1e-3
+
+
+def test_label_smoothing_reaches_the_loss():
+    assert MobileNetClassifier(width_mult=0.25, label_smoothing=0.1).criterion.label_smoothing == 0.1
+
+
+def test_a_checkpoint_alone_rebuilds_the_model(in_tmp, cifar10_dir):
+    cli = build_cli(["fit", *small_run(cifar10_dir, "cifar10.yaml", "--model.activation", "relu6")])
+    checkpoint = Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    rebuilt = MobileNetClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    assert rebuilt.hparams.width_mult == 0.25 and rebuilt.hparams.activation == "relu6"
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(images), cli.model.eval()(images), atol=1e-6)
+    # Plain data only: safe to read with weights_only=True.
+    assert torch.load(checkpoint, weights_only=True, map_location="cpu")["hyper_parameters"]["num_classes"] == 10
