@@ -26,7 +26,10 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda reco
 TRAINER_DEFAULTS = {
     # The DataModule's sampler shards batches across ranks itself (mobilenet/data/sampling.py).
     "use_distributed_sampler": False,
-    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(LOG_ROOT), "name": None}},
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(LOG_ROOT), "name": None},
+    },
 }
 CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val/acc",
@@ -77,6 +80,8 @@ class MobileNetCLI(LightningCLI):
         if config.trainer.precision is None:
             config.trainer.precision = auto_precision(config.trainer.accelerator)
         run_dir = Path(config.checkpoint.dirpath)
+        if subcommand != "fit" and not config.get("ckpt_path"):
+            config.ckpt_path = "best"  # evaluating untrained weights is never what was meant
         if config.get("ckpt_path"):
             config.ckpt_path = resolve_checkpoint(config.ckpt_path, run_dir, config.run_name, subcommand)
         elif subcommand == "fit":

@@ -96,7 +96,9 @@ class MobileNetV1(nn.Module):
         if not isinstance(num_classes, int) or num_classes < 1:
             raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}.")
         if not 0 < width_mult <= 2:
-            raise UsageError(f"width_mult (α) must lie in (0, 2], got {width_mult!r}; the paper uses 1, 0.75, 0.5, 0.25.")
+            raise UsageError(
+                f"width_mult (α) must lie in (0, 2], got {width_mult!r}; the paper uses 1, 0.75, 0.5, 0.25."
+            )
         if stem_stride not in (1, 2):
             raise UsageError(f"stem_stride must be 1 (CIFAR, 32×32) or 2 (ImageNet layout), got {stem_stride!r}.")
         if activation not in ACTIVATIONS:

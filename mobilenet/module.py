@@ -77,7 +77,9 @@ class MobileNetClassifier(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.shared_step(batch, self.train_metrics)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[1]))
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[1]), sync_dist=True
+        )
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
@@ -103,14 +105,17 @@ class MobileNetClassifier(LightningModule):
         return {"prediction": prediction, "confidence": confidence, "label": labels}
 
     def on_train_epoch_start(self) -> None:
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
         if self.lr_scheduler is None:
             return optimizer
         scheduler = self.lr_scheduler(optimizer, **self.schedule_length())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval},
+        }
 
     def schedule_length(self) -> dict[str, int]:
         """``total_steps`` for a one-cycle style scheduler whose config leaves its length out.

@@ -32,9 +32,8 @@ class PredictionWriter(BasePredictionWriter):
         with open(path, "w", newline="") as file:
             writer = csv.writer(file, lineterminator="\n")
             writer.writerow(COLUMNS)
-            for index, (label, prediction, confidence) in enumerate(
-                zip(columns["label"].tolist(), columns["prediction"].tolist(), columns["confidence"].tolist())
-            ):
+            rows = zip(*(columns[key].tolist() for key in ("label", "prediction", "confidence")), strict=True)
+            for index, (label, prediction, confidence) in enumerate(rows):
                 label_name = names[label] if label < len(names) else ""
                 prediction_name = names[prediction] if prediction < len(names) else ""
                 writer.writerow((index, label, label_name, prediction, prediction_name, f"{confidence:.4f}"))

@@ -34,11 +34,25 @@ def write_cifar10(data_dir: Path, per_batch: int = 20, test_images: int = 30, se
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(1, 6):
         data, labels = fake_images(per_batch, 10, rng)
-        dump(folder / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "labels": labels, "data": data,
-                                          "filenames": [f"img_{i}_{j}.png" for j in range(per_batch)]})
+        dump(
+            folder / f"data_batch_{i}",
+            {
+                "batch_label": f"training batch {i} of 5",
+                "labels": labels,
+                "data": data,
+                "filenames": [f"img_{i}_{j}.png" for j in range(per_batch)],
+            },
+        )
     data, labels = fake_images(test_images, 10, rng)
-    dump(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": labels, "data": data,
-                                 "filenames": [f"test_{j}.png" for j in range(test_images)]})
+    dump(
+        folder / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": labels,
+            "data": data,
+            "filenames": [f"test_{j}.png" for j in range(test_images)],
+        },
+    )
     dump(folder / "batches.meta", {"label_names": CIFAR10_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072})
     return data_dir
 
@@ -50,10 +64,22 @@ def write_cifar100(data_dir: Path, train_images: int = 200, test_images: int = 1
     folder.mkdir(parents=True, exist_ok=True)
     for name, count in (("train", train_images), ("test", test_images)):
         data, labels = fake_images(count, 100, rng)
-        dump(folder / name, {"data": data, "fine_labels": labels, "coarse_labels": [x // 5 for x in labels],
-                             "filenames": [f"{name}_{j}.png" for j in range(count)]})
-    dump(folder / "meta", {"fine_label_names": [f"class_{i:02d}" for i in range(100)],
-                           "coarse_label_names": [f"super_{i:02d}" for i in range(20)]})
+        dump(
+            folder / name,
+            {
+                "data": data,
+                "fine_labels": labels,
+                "coarse_labels": [x // 5 for x in labels],
+                "filenames": [f"{name}_{j}.png" for j in range(count)],
+            },
+        )
+    dump(
+        folder / "meta",
+        {
+            "fine_label_names": [f"class_{i:02d}" for i in range(100)],
+            "coarse_label_names": [f"super_{i:02d}" for i in range(20)],
+        },
+    )
     return data_dir
 
 

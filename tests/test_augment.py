@@ -28,14 +28,16 @@ def smooth_images() -> torch.Tensor:
 
 def test_horizontal_flip(images):
     flip = torch.tensor([True, False, True, True, False, False])
-    expected = torch.stack([TF.horizontal_flip(img) if f else img for img, f in zip(images, flip)])
+    expected = torch.stack([TF.horizontal_flip(img) if f else img for img, f in zip(images, flip, strict=True)])
     assert torch.equal(A.horizontal_flip(images, flip), expected)
 
 
 @pytest.mark.parametrize("mode", ("nearest", "bilinear"))
 def test_rotation_matches_torchvision_rotate(images, mode):
     angle = torch.tensor([-10.0, -4.5, 0.0, 3.2, 7.0, 10.0])
-    expected = per_image_reference(images, lambda img, a: TF.rotate(img, a, interpolation=v2.InterpolationMode(mode)), angle)
+    expected = per_image_reference(
+        images, lambda img, a: TF.rotate(img, a, interpolation=v2.InterpolationMode(mode)), angle
+    )
     assert torch.allclose(A.warp(images, A.rotation_inverse(angle), mode), expected, atol=1e-5)
 
 
@@ -90,7 +92,7 @@ def test_colour_jitter_applies_each_images_own_order(images):
     orders = torch.tensor([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
     ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
     expected = []
-    for img, factor, order in zip(images, factors, orders):
+    for img, factor, order in zip(images, factors, orders, strict=True):
         for op_index in order.tolist():
             img = ops[op_index](img, factor[op_index].item())
         expected.append(img)
@@ -100,7 +102,7 @@ def test_colour_jitter_applies_each_images_own_order(images):
 def test_padded_crop_matches_torchvision_pad_then_crop(images):
     top = torch.tensor([0, 8, 3, 4, 1, 7])
     left = torch.tensor([8, 0, 2, 4, 6, 5])
-    expected = per_image_reference(images, lambda img, t, l: TF.crop(TF.pad(img, [4]), t, l, 32, 32), top, left)
+    expected = per_image_reference(images, lambda img, t, lft: TF.crop(TF.pad(img, [4]), t, lft, 32, 32), top, left)
     assert torch.equal(A.crop_with_padding(images, 4, top, left), expected)
 
 

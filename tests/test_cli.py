@@ -100,7 +100,7 @@ def test_resume_test_and_predict_from_checkpoints(trained, cifar10_dir):
     assert validated.returncode == 0, validated.stderr
     assert "val/acc" in validated.stdout
 
-    tested = mobilenet("test", *small_run(cifar10_dir), "--ckpt_path", "best", cwd=trained)
+    tested = mobilenet("test", *small_run(cifar10_dir), cwd=trained)  # best is the default
     assert tested.returncode == 0, tested.stderr
     assert "test/acc" in tested.stdout and "best-epoch=" in tested.stdout + tested.stderr
 
@@ -129,6 +129,8 @@ def test_missing_dataset_stops_with_one_clear_message(tmp_path):
 
 
 def test_asking_for_a_checkpoint_a_run_does_not_have(tmp_path, cifar10_dir):
-    result = mobilenet("test", *small_run(cifar10_dir), "--run_name", "never_trained", "--ckpt_path", "best", cwd=tmp_path)
+    result = mobilenet(
+        "test", *small_run(cifar10_dir), "--run_name", "never_trained", "--ckpt_path", "best", cwd=tmp_path
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no best checkpoint in 'checkpoints/never_trained'" in result.stderr

@@ -94,9 +94,16 @@ def test_offline_without_data_names_files_url_and_option(tmp_path, monkeypatch):
     with pytest.raises(UsageError) as caught:
         cifar_files.ensure_available("cifar10", tmp_path, download=True)
     message = str(caught.value)
-    for expected in ("could not be downloaded", "URLError", "data_batch_1", "test_batch", "batches.meta",
-                     "cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                     "--data.data_dir"):
+    for expected in (
+        "could not be downloaded",
+        "URLError",
+        "data_batch_1",
+        "test_batch",
+        "batches.meta",
+        "cifar-10-python.tar.gz",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "--data.data_dir",
+    ):
         assert expected in message
 
 
@@ -173,15 +180,21 @@ def test_training_batches_are_augmented_and_evaluation_batches_are_not(cifar10_d
     raw_train = next(iter(dm.train_dataloader()))
     images, labels = dm.on_after_batch_transfer(raw_train, 0)
     assert images.shape == (16, 3, 48, 48) and images.dtype == torch.float32 and labels.shape == (16,)
-    unaugmented = normalize(torch.nn.functional.interpolate(
-        raw_train[0].float() / 255, size=48, mode="bilinear", antialias=True), CIFAR10_MEAN, CIFAR10_STD)
+    unaugmented = normalize(
+        torch.nn.functional.interpolate(raw_train[0].float() / 255, size=48, mode="bilinear", antialias=True),
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+    )
     assert not torch.allclose(images, unaugmented, atol=1e-3)
 
     raw_val = next(iter(dm.val_dataloader()))
     assert raw_val[2] is None
     val_images, _ = dm.on_after_batch_transfer(raw_val, 0)
-    expected = normalize(torch.nn.functional.interpolate(
-        raw_val[0].float() / 255, size=48, mode="bilinear", antialias=True), CIFAR10_MEAN, CIFAR10_STD)
+    expected = normalize(
+        torch.nn.functional.interpolate(raw_val[0].float() / 255, size=48, mode="bilinear", antialias=True),
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+    )
     assert torch.allclose(val_images, expected, atol=1e-5)
 
 
@@ -193,4 +206,4 @@ def test_an_epoch_replays_identically_in_a_fresh_datamodule(cifar10_dir):
         return [dm.on_after_batch_transfer(batch, 0) for batch in loader]
 
     first, second = epoch_one(), epoch_one()
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, second))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, second, strict=True))

@@ -30,7 +30,7 @@ def test_forward_returns_logits_not_probabilities():
     assert not torch.allclose(out.sum(dim=1), torch.ones(4))
 
 
-@pytest.mark.parametrize("width_mult, millions", list(zip(PAPER_ALPHAS, (4.2, 2.6, 1.3, 0.5))))
+@pytest.mark.parametrize("width_mult, millions", list(zip(PAPER_ALPHAS, (4.2, 2.6, 1.3, 0.5), strict=True)))
 def test_imagenet_layout_has_the_papers_parameter_counts(width_mult, millions):
     # Table 6 of the paper: 1.0 / 0.75 / 0.5 / 0.25 MobileNet-224 → 4.2 / 2.6 / 1.3 / 0.5 million parameters.
     model = MobileNetV1(num_classes=1000, width_mult=width_mult, stem_stride=2)
@@ -43,7 +43,7 @@ def test_layout_is_the_papers_table_1():
     assert len(blocks) == 13
     stem = model.features[0][0]
     assert (stem.kernel_size, stem.stride, stem.out_channels) == ((3, 3), (2, 2), 32)
-    for block, (channels, stride) in zip(blocks, BLOCKS):
+    for block, (channels, stride) in zip(blocks, BLOCKS, strict=True):
         depthwise, pointwise = block.depthwise[0], block.pointwise[0]
         assert depthwise.groups == depthwise.in_channels == depthwise.out_channels
         assert depthwise.kernel_size == (3, 3) and depthwise.stride == (stride, stride)
@@ -59,7 +59,7 @@ def test_width_multiplier_scales_every_layer(width_mult):
     expected = [scaled_channels(32, width_mult)] + [
         c for channels, _ in BLOCKS for c in (None, scaled_channels(channels, width_mult))
     ]
-    for conv, channels in zip(convs, expected):
+    for conv, channels in zip(convs, expected, strict=True):
         if channels is not None:
             assert conv.out_channels == channels
         assert conv.out_channels % 8 == 0

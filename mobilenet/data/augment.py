@@ -40,7 +40,9 @@ def horizontal_flip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(per_image(flip), images.flip(-1), images)
 
 
-def inverse_affine(angle: torch.Tensor, scale: torch.Tensor, shear_x: torch.Tensor, shear_y: torch.Tensor) -> torch.Tensor:
+def inverse_affine(
+    angle: torch.Tensor, scale: torch.Tensor, shear_x: torch.Tensor, shear_y: torch.Tensor
+) -> torch.Tensor:
     """(N, 2, 2) maps from output to input pixel offsets about the image centre (angles in degrees).
 
     Same matrix as torchvision's ``_get_inverse_affine_matrix`` without translation: the inverse of

@@ -6,7 +6,7 @@ only), resizes to ``resolution`` and normalises.
 """
 
 import warnings
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
