@@ -9,6 +9,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from mobilenet.errors import UsageError
 from mobilenet.model import MobileNetV1
 
 # Top-5 accuracy is reported when there are more classes than CIFAR-10's ten (CIFAR-100 and up).
@@ -77,9 +78,9 @@ class MobileNetClassifier(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.shared_step(batch, self.train_metrics)
-        self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[1]), sync_dist=True
-        )
+        # The step value feeds the progress bar; train/loss is the epoch mean, averaged across ranks.
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[1]), sync_dist=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
@@ -92,7 +93,7 @@ class MobileNetClassifier(LightningModule):
         if self.trainer.sanity_checking:  # two batches of an untrained model are no record to keep
             return
         self.val_acc_best(self.val_metrics["acc"].compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         loss = self.shared_step(batch, self.test_metrics)
@@ -128,4 +129,9 @@ class MobileNetClassifier(LightningModule):
             return {}
         if self.hparams.lr_scheduler_interval == "step":
             return {"total_steps": int(self.trainer.estimated_stepping_batches)}
-        return {"total_steps": int(self.trainer.max_epochs)}
+        if not self.trainer.max_epochs or self.trainer.max_epochs < 1:
+            raise UsageError(
+                "A per-epoch one-cycle schedule needs the number of epochs: set --trainer.max_epochs, or step it "
+                "per batch with --model.lr_scheduler_interval step."
+            )
+        return {"total_steps": self.trainer.max_epochs}

@@ -1,11 +1,16 @@
 """Run folders: a run's name, where its checkpoints live, and what ``--ckpt_path last`` and ``best`` mean.
 
-Each experiment keeps its checkpoints in ``checkpoints/<run name>/`` (``last.ckpt`` plus one
-``best-….ckpt`` chosen on ``val/acc``) and its CSV logs in ``logs/<run name>/version_<n>/``.
+Each experiment keeps its checkpoints in ``checkpoints/<run name>/`` (``last.ckpt`` rewritten after every
+epoch, plus the ``best-….ckpt`` with the highest ``val/acc``) and its CSV logs in
+``logs/<run name>/version_<n>/``.
 """
 
+import math
+import re
 from pathlib import Path
 from typing import Optional, Sequence
+
+import torch
 
 from mobilenet.errors import UsageError
 
@@ -15,6 +20,7 @@ DEFAULT_RUN_NAME = "default"
 BEST_PREFIX = "best-"
 LAST_NAME = "last.ckpt"
 ALIASES = ("last", "best")
+SCORE_IN_NAME = re.compile(r"val_acc=(\d+(?:\.\d+)?)")
 
 
 def run_name_from(config_files: Optional[Sequence]) -> str:
@@ -29,16 +35,31 @@ def checkpoint_files(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("*.ckpt")) if run_dir.is_dir() else []
 
 
-def refuse_to_mix(run_dir: Path, run_name: str) -> None:
-    """A fresh ``fit`` must not write into a run folder that already holds another run's checkpoints."""
+def refuse_to_mix(run_dir: Path, run_name: str, ckpt_path: Optional[str]) -> None:
+    """A ``fit`` must not write into a run folder that holds another run's checkpoints.
+
+    Resuming from one of the folder's own checkpoints is the one way to continue writing there.
+    """
     existing = checkpoint_files(run_dir)
-    if existing:
-        raise UsageError(
-            f"'{run_dir}' already holds checkpoints of an earlier run '{run_name}' "
-            f"({', '.join(p.name for p in existing)}); a fresh fit would mix two experiments' files. "
-            f"Resume that run with --ckpt_path last, start a separate one with --run_name NEW_NAME, "
-            f"or delete the folder to start over."
-        )
+    if not existing or (ckpt_path and Path(ckpt_path).resolve().parent == run_dir.resolve()):
+        return
+    raise UsageError(
+        f"'{run_dir}' already holds checkpoints of an earlier run '{run_name}' "
+        f"({', '.join(p.name for p in existing)}); a fresh fit would mix two experiments' files. "
+        f"Resume that run with --ckpt_path last, start a separate one with --run_name NEW_NAME, "
+        f"or delete the folder to start over."
+    )
+
+
+def best_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The ``best-*.ckpt`` with the highest ``val_acc`` in its name; the newest among equals or unnamed scores."""
+
+    def rank(path: Path) -> tuple[float, float]:
+        score = SCORE_IN_NAME.search(path.name)
+        return (float(score.group(1)) if score else -math.inf, path.stat().st_mtime)
+
+    candidates = sorted(run_dir.glob(f"{BEST_PREFIX}*.ckpt"), key=rank)
+    return candidates[-1] if candidates else None
 
 
 def resolve_checkpoint(ckpt_path: str, run_dir: Path, run_name: str, subcommand: str) -> Optional[str]:
@@ -55,13 +76,11 @@ def resolve_checkpoint(ckpt_path: str, run_dir: Path, run_name: str, subcommand:
             )
         return ckpt_path
     if ckpt_path == "last":
-        found = run_dir / LAST_NAME
-        candidates = [found] if found.is_file() else []
+        found = run_dir / LAST_NAME if (run_dir / LAST_NAME).is_file() else None
     else:
-        # save_top_k=1 keeps one best file; if a config keeps more, the newest is the best so far.
-        candidates = sorted(run_dir.glob(f"{BEST_PREFIX}*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if candidates:
-        return str(candidates[-1])
+        found = best_checkpoint(run_dir)
+    if found:
+        return str(found)
     if subcommand == "fit" and ckpt_path == "last":
         print(f"No checkpoint in '{run_dir}' yet: run '{run_name}' starts from scratch.")
         return None
@@ -69,3 +88,18 @@ def resolve_checkpoint(ckpt_path: str, run_dir: Path, run_name: str, subcommand:
         f"--ckpt_path {ckpt_path}: no {ckpt_path} checkpoint in '{run_dir}' (run '{run_name}'). Train the run "
         f"first with `mobilenet fit` and the same --config / --run_name, or pass a checkpoint file path."
     )
+
+
+def read_checkpoint(path: str) -> dict:
+    """Load a checkpoint's contents as plain data, or explain why the file is not a usable checkpoint."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle, not a torch file at all: one answer for all
+        raise UsageError(
+            f"'{path}' could not be read as a checkpoint ({type(err).__name__}: {err}). It may be truncated by an "
+            f"interrupted copy or not be a checkpoint written by `mobilenet fit`; pick another file, or 'last' / "
+            f"'best' of a run."
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UsageError(f"'{path}' holds no model weights (no 'state_dict'): it is not a Lightning checkpoint.")
+    return checkpoint

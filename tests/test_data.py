@@ -168,8 +168,8 @@ def test_ranks_read_disjoint_shards_that_cover_the_data(shuffle):
     shards = [EpochBatchSampler(50, 8, shuffle=shuffle, seed=0, rank=r, world_size=3).shard() for r in range(3)]
     covered = torch.cat(shards).tolist()
     assert set(covered) == set(range(50))
-    if shuffle:  # padded so that every rank runs the same number of steps
-        assert {len(s) for s in shards} == {17} and len(covered) == 51
+    if shuffle:  # padded with one repeated image so that every rank runs the same number of steps
+        assert {len(s) for s in shards} == {17} and len(covered) == 51 and len(set(covered)) == 50
         assert len({len(EpochBatchSampler(50, 8, True, 0, r, 3)) for r in range(3)}) == 1
     else:  # evaluation: every image exactly once
         assert len(covered) == 50

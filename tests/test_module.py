@@ -44,7 +44,7 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
 def test_fit_and_test_log_the_namespaced_metrics(in_tmp, cifar10_dir):
     cli = build_cli(["fit", *small_run(cifar10_dir)])
     names = logged_names(metric_rows(Path(cli.trainer.log_dir)))
-    assert {"train/loss_step", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= names
+    assert {"train/loss", "train/loss_step", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= names
     assert not any("top5" in name for name in names)  # ten classes: top-5 says little
 
     cli = build_cli(["test", *small_run(cifar10_dir), "--ckpt_path", "best"])

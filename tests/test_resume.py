@@ -1,0 +1,95 @@
+"""Checkpoints a run can be resumed and evaluated from: kept current, exact on resume, read safely."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CONFIGS
+from mobilenet.cli import build_cli
+from mobilenet.errors import UsageError
+
+STEPS_PER_EPOCH = 5  # 80 training images in batches of 16
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mobilenet"])
+    return tmp_path
+
+
+def run(subcommand: str, data_dir: Path, *extra: str):
+    return build_cli([
+        subcommand, "--config", str(CONFIGS / "cifar10.yaml"),
+        "--data.data_dir", str(data_dir), "--data.verify", "false", "--data.download", "false",
+        "--data.val_size", "20", "--data.batch_size", "16", "--model.width_mult", "0.25",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra,
+    ])  # fmt: skip
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def test_last_checkpoint_is_rewritten_after_every_epoch_even_without_improvement(in_tmp, cifar10_dir):
+    # Monitoring the epoch number with mode=min makes epoch 0 the best forever: no later epoch improves.
+    run("fit", cifar10_dir, "--trainer.max_epochs", "3", "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min")
+    run_dir = in_tmp / "checkpoints" / "cifar10"
+    assert load(run_dir / "last.ckpt")["global_step"] == 3 * STEPS_PER_EPOCH
+    assert [p.name.split("-val_acc")[0] for p in run_dir.glob("best-*.ckpt")] == ["best-epoch=000"]
+
+
+def test_a_resumed_run_still_knows_its_best_checkpoint(in_tmp, cifar10_dir):
+    never_improves = ("--checkpoint.monitor", "epoch", "--checkpoint.mode", "min")
+    run("fit", cifar10_dir, "--trainer.max_epochs", "1", *never_improves)
+    run("fit", cifar10_dir, "--trainer.max_epochs", "3", "--ckpt_path", "last", *never_improves)
+    run_dir = in_tmp / "checkpoints" / "cifar10"
+    assert [p.name.split("-val_acc")[0] for p in run_dir.glob("best-*.ckpt")] == ["best-epoch=000"]
+    assert load(run_dir / "last.ckpt")["global_step"] == 3 * STEPS_PER_EPOCH
+
+
+def test_resuming_gives_the_weights_of_an_uninterrupted_run(in_tmp, cifar10_dir):
+    straight = run("fit", cifar10_dir, "--trainer.max_epochs", "2", "--run_name", "straight")
+    run("fit", cifar10_dir, "--trainer.max_epochs", "1", "--run_name", "interrupted")
+    resumed = run("fit", cifar10_dir, "--trainer.max_epochs", "2", "--run_name", "interrupted", "--ckpt_path", "last")
+    a = load(in_tmp / "checkpoints" / "straight" / "last.ckpt")["state_dict"]
+    b = load(in_tmp / "checkpoints" / "interrupted" / "last.ckpt")["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a), "resumed weights differ from the uninterrupted run's"
+    assert resumed.trainer.callback_metrics["val/acc"] == straight.trainer.callback_metrics["val/acc"]
+
+
+def test_evaluation_uses_the_data_settings_the_checkpoint_was_trained_with(in_tmp, cifar10_dir, capsys):
+    run("fit", cifar10_dir, "--trainer.max_epochs", "1", "--data.resolution", "40", "--data.split_seed", "7")
+    capsys.readouterr()
+    tested = run("test", cifar10_dir)  # the config says resolution 32 and split_seed 0
+    assert tested.datamodule.resolution == 40 and tested.datamodule.split_seed == 7
+    assert "Using the checkpoint's data settings: resolution=40 (the config said 32)" in capsys.readouterr().out
+
+
+def test_a_checkpoint_for_another_number_of_classes_is_refused(in_tmp, cifar10_dir, cifar100_dir):
+    run("fit", cifar10_dir, "--trainer.max_epochs", "1")
+    checkpoint = load(in_tmp / "checkpoints" / "cifar10" / "last.ckpt")
+    del checkpoint["datamodule_hyper_parameters"]  # as saved by a model trained outside the CLI
+    torch.save(checkpoint, in_tmp / "plain.ckpt")
+    with pytest.raises(UsageError, match="trained for 10 classes but --data.dataset cifar100 has 100"):
+        run("test", cifar100_dir, "--data.dataset", "cifar100", "--ckpt_path", str(in_tmp / "plain.ckpt"))
+
+
+@pytest.mark.parametrize("content", ("truncated", "not a checkpoint"))
+def test_unreadable_checkpoint_files_are_named(in_tmp, cifar10_dir, content):
+    run("fit", cifar10_dir, "--trainer.max_epochs", "1")
+    good = (in_tmp / "checkpoints" / "cifar10" / "last.ckpt").read_bytes()
+    bad = in_tmp / "bad.ckpt"
+    bad.write_bytes(good[: len(good) // 2] if content == "truncated" else b"hello")
+    with pytest.raises(UsageError, match="bad.ckpt' could not be read as a checkpoint"):
+        run("test", cifar10_dir, "--ckpt_path", str(bad))
+
+
+def test_fit_from_another_runs_checkpoint_does_not_write_into_a_used_folder(in_tmp, cifar10_dir):
+    run("fit", cifar10_dir, "--trainer.max_epochs", "1", "--run_name", "first")
+    run("fit", cifar10_dir, "--trainer.max_epochs", "1", "--run_name", "second")
+    with pytest.raises(UsageError, match="already holds checkpoints"):
+        run("fit", cifar10_dir, "--run_name", "second", "--ckpt_path", "checkpoints/first/last.ckpt")
