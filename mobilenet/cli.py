@@ -12,15 +12,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mobilenet.data import CIFARDataModule
-from mobilenet.data.datamodule import NUM_CLASSES
 from mobilenet.errors import UsageError
 from mobilenet.module import MobileNetClassifier
 from mobilenet.predictions import PredictionWriter
 from mobilenet.runs import (
     BEST_PREFIX,
     CHECKPOINT_ROOT,
-    LAST_NAME,
     LOG_ROOT,
+    adopt_checkpoint_data,
+    last_checkpoint,
     read_checkpoint,
     refuse_to_mix,
     resolve_checkpoint,
@@ -50,9 +50,6 @@ CHECKPOINT_DEFAULTS = {
     "checkpoint.filename": BEST_PREFIX + "epoch={epoch:03d}-val_acc={val/acc:.4f}",
     "checkpoint.auto_insert_metric_name": False,
 }
-# What the checkpoint was trained and validated on wins over the config when evaluating or resuming it:
-# another resolution or split would measure something else (or validate on training images).
-DATA_FROM_CHECKPOINT = ("dataset", "resolution", "val_size", "split_seed")
 
 
 def auto_precision(accelerator: object) -> str:
@@ -60,35 +57,6 @@ def auto_precision(accelerator: object) -> str:
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
-
-
-def last_checkpoint(dirpath: str) -> ModelCheckpoint:
-    """Rewrites ``<dirpath>/last.ckpt`` after every epoch.
-
-    ``ModelCheckpoint(save_last=True)`` in Lightning 2.6 rewrites last.ckpt only in epochs that also saved a
-    best file, so after an epoch without improvement ``--ckpt_path last`` would resume from an older one.
-    """
-    return ModelCheckpoint(
-        dirpath=dirpath, filename=Path(LAST_NAME).stem, monitor=None, save_top_k=1, enable_version_counter=False
-    )
-
-
-def adopt_checkpoint_data(data, checkpoint: dict) -> None:
-    """Take the data settings that define the checkpoint's task from it, saying so when they differ."""
-    saved = checkpoint.get("datamodule_hyper_parameters") or {}
-    changed = []
-    for key in DATA_FROM_CHECKPOINT:
-        if key in saved and key in data and data[key] != saved[key]:
-            changed.append(f"{key}={saved[key]} (the config said {data[key]})")
-            data[key] = saved[key]
-    if changed:
-        print("Using the checkpoint's data settings: " + ", ".join(changed) + ".")
-    trained_for = (checkpoint.get("hyper_parameters") or {}).get("num_classes")
-    if trained_for and trained_for != NUM_CLASSES.get(data.dataset, trained_for):
-        raise UsageError(
-            f"The checkpoint was trained for {trained_for} classes but --data.dataset {data.dataset} has "
-            f"{NUM_CLASSES[data.dataset]}. Use the dataset it was trained on, or another checkpoint."
-        )
 
 
 class MobileNetCLI(LightningCLI):

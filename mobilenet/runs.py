@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+from mobilenet.data.datamodule import NUM_CLASSES
 from mobilenet.errors import UsageError
 
 CHECKPOINT_ROOT = Path("checkpoints")
@@ -20,6 +22,9 @@ DEFAULT_RUN_NAME = "default"
 BEST_PREFIX = "best-"
 LAST_NAME = "last.ckpt"
 ALIASES = ("last", "best")
+# What the checkpoint was trained and validated on wins over the config when evaluating or resuming it:
+# another resolution or split would measure something else (or validate on training images).
+DATA_FROM_CHECKPOINT = ("dataset", "resolution", "val_size", "split_seed")
 SCORE_IN_NAME = re.compile(r"val_acc=(\d+(?:\.\d+)?)")
 
 
@@ -103,3 +108,32 @@ def read_checkpoint(path: str) -> dict:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UsageError(f"'{path}' holds no model weights (no 'state_dict'): it is not a Lightning checkpoint.")
     return checkpoint
+
+
+def last_checkpoint(dirpath: str) -> ModelCheckpoint:
+    """Rewrites ``<dirpath>/last.ckpt`` after every epoch.
+
+    ``ModelCheckpoint(save_last=True)`` in Lightning 2.6 rewrites last.ckpt only in epochs that also saved a
+    best file, so after an epoch without improvement ``--ckpt_path last`` would resume from an older one.
+    """
+    return ModelCheckpoint(
+        dirpath=dirpath, filename=Path(LAST_NAME).stem, monitor=None, save_top_k=1, enable_version_counter=False
+    )
+
+
+def adopt_checkpoint_data(data, checkpoint: dict) -> None:
+    """Take the data settings that define the checkpoint's task from it, saying so when they differ."""
+    saved = checkpoint.get("datamodule_hyper_parameters") or {}
+    changed = []
+    for key in DATA_FROM_CHECKPOINT:
+        if key in saved and key in data and data[key] != saved[key]:
+            changed.append(f"{key}={saved[key]} (the config said {data[key]})")
+            data[key] = saved[key]
+    if changed:
+        print("Using the checkpoint's data settings: " + ", ".join(changed) + ".")
+    trained_for = (checkpoint.get("hyper_parameters") or {}).get("num_classes")
+    if trained_for and trained_for != NUM_CLASSES.get(data.dataset, trained_for):
+        raise UsageError(
+            f"The checkpoint was trained for {trained_for} classes but --data.dataset {data.dataset} has "
+            f"{NUM_CLASSES[data.dataset]}. Use the dataset it was trained on, or another checkpoint."
+        )
