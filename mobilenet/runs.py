@@ -98,7 +98,8 @@ def resolve_checkpoint(ckpt_path: str, run_dir: Path, run_name: str, subcommand:
 def read_checkpoint(path: str) -> dict:
     """Load a checkpoint's contents as plain data, or explain why the file is not a usable checkpoint."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: only the parts read here (hyper-parameters) come off the disk; the Trainer loads the weights.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated zip, foreign pickle, not a torch file at all: one answer for all
         raise UsageError(
             f"'{path}' could not be read as a checkpoint ({type(err).__name__}: {err}). It may be truncated by an "

@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,20 @@ def cifar10_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cifar100_dir(tmp_path_factory) -> Path:
     return write_cifar100(tmp_path_factory.mktemp("cifar100-data"))
+
+
+def small_run_args(data_dir: Path, config: str = "cifar10.yaml") -> list[str]:
+    """A recipe config pointed at generated data: 80 training, 20 validation images, batches of 16, α = 0.25."""
+    return [
+        "--config", str(CONFIGS / config),
+        "--data.data_dir", str(data_dir), "--data.verify", "false", "--data.download", "false",
+        "--data.val_size", "20", "--data.batch_size", "16", "--model.width_mult", "0.25",
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    """Run where checkpoints/ and logs/ are the test's own, with no pytest options on the command line."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mobilenet"])
+    return tmp_path

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import CONFIGS
+from conftest import CONFIGS, small_run_args
 
 MOBILENET = str(Path(sys.executable).parent / "mobilenet")
 STEPS_PER_EPOCH = 5  # 100 training images - 20 for validation, in batches of 16
@@ -21,12 +21,7 @@ def mobilenet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def small_run(data_dir: Path) -> list[str]:
-    return [
-        "--config", str(CONFIGS / "cifar10.yaml"),
-        "--data.data_dir", str(data_dir), "--data.verify", "false", "--data.download", "false",
-        "--data.val_size", "20", "--data.batch_size", "16", "--model.width_mult", "0.25",
-        "--trainer.log_every_n_steps", "1",
-    ]  # fmt: skip
+    return [*small_run_args(data_dir), "--trainer.log_every_n_steps", "1"]
 
 
 def digest(path: Path) -> str:

@@ -1,23 +1,19 @@
 """The LightningModule through the real CLI wiring, in-process (the console script is in test_cli.py)."""
 
 import csv
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CONFIGS
+from conftest import small_run_args
 from mobilenet.cli import build_cli
 from mobilenet.module import MobileNetClassifier
 
 
 def small_run(data_dir: Path, config: str = "cifar10.yaml", *extra: str) -> list[str]:
     return [
-        "--config", str(CONFIGS / config),
-        "--data.data_dir", str(data_dir), "--data.verify", "false", "--data.download", "false",
-        "--data.val_size", "20", "--data.batch_size", "16",
-        "--model.width_mult", "0.25",
+        *small_run_args(data_dir, config),
         "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         *extra,
@@ -31,14 +27,6 @@ def metric_rows(log_dir: Path) -> list[dict]:
 
 def logged_names(rows: list[dict]) -> set[str]:
     return {key for row in rows for key, value in row.items() if value != ""}
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch) -> Path:
-    """Run where checkpoints/ and logs/ are the test's own, with no pytest options on the command line."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["mobilenet"])
-    return tmp_path
 
 
 def test_fit_and_test_log_the_namespaced_metrics(in_tmp, cifar10_dir):

@@ -1,32 +1,20 @@
 """Checkpoints a run can be resumed and evaluated from: kept current, exact on resume, read safely."""
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CONFIGS
+from conftest import small_run_args
 from mobilenet.cli import build_cli
 from mobilenet.errors import UsageError
 
 STEPS_PER_EPOCH = 5  # 80 training images in batches of 16
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["mobilenet"])
-    return tmp_path
-
-
 def run(subcommand: str, data_dir: Path, *extra: str):
-    return build_cli([
-        subcommand, "--config", str(CONFIGS / "cifar10.yaml"),
-        "--data.data_dir", str(data_dir), "--data.verify", "false", "--data.download", "false",
-        "--data.val_size", "20", "--data.batch_size", "16", "--model.width_mult", "0.25",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra,
-    ])  # fmt: skip
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    return build_cli([subcommand, *small_run_args(data_dir), *quiet, *extra])
 
 
 def load(path: Path) -> dict:
