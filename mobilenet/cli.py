@@ -1,5 +1,6 @@
 """The ``mobilenet`` command: LightningCLI with fit, validate, test and predict, plus run folders."""
 
+import importlib
 import logging
 import sys
 import warnings
@@ -50,6 +51,22 @@ CHECKPOINT_DEFAULTS = {
     "checkpoint.filename": BEST_PREFIX + "epoch={epoch:03d}-val_acc={val/acc:.4f}",
     "checkpoint.auto_insert_metric_name": False,
 }
+
+
+# Subcommands beyond LightningCLI's fit/validate/test/predict. Each lives in its own module with a
+# ``main(argv: list[str]) -> int | None`` and is imported only when asked for, so that ``mobilenet fit`` never
+# pays for what they import (onnx, matplotlib, ...). Add one line here per command.
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module, one-line help)
+}
+
+
+def extra_commands_help() -> str:
+    # argparse reflows an epilog into one paragraph, so this is written as one.
+    if not EXTRA_COMMANDS:
+        return ""
+    items = "; ".join(f"{name}: {summary}" for name, (_, summary) in EXTRA_COMMANDS.items())
+    return f"Other commands (see mobilenet COMMAND --help): {items}."
 
 
 def auto_precision(accelerator: object) -> str:
@@ -117,14 +134,21 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> MobileNetCL
         trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [PredictionWriter()]},
         # The optimiser and scheduler are the model's own arguments (model.optimizer, model.lr_scheduler).
         auto_configure_optimizers=False,
-        parser_kwargs={"description": "Train, evaluate and use MobileNetV1 on CIFAR-10/100."},
+        parser_kwargs={
+            "description": "Train, evaluate and use MobileNetV1 on CIFAR-10/100.",
+            "epilog": extra_commands_help(),
+        },
         args=args,
         run=run,
     )
 
 
 def main(args: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv and argv[0] in EXTRA_COMMANDS:
+            module_name, _ = EXTRA_COMMANDS[argv[0]]
+            sys.exit(importlib.import_module(module_name).main(argv[1:]))
         build_cli(args)
     except UsageError as err:
         sys.exit(f"mobilenet: error: {err}")
