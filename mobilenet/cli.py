@@ -12,7 +12,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from mobilenet.data import CIFARDataModule
+from mobilenet.data import BatchedDataModule
 from mobilenet.errors import UsageError
 from mobilenet.module import MobileNetClassifier
 from mobilenet.predictions import PredictionWriter
@@ -87,6 +87,9 @@ class MobileNetCLI(LightningCLI):
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
+        # --data picks the dataset class (CIFARDataModule or ImageFolderDataModule); configs that give only
+        # its arguments mean CIFAR.
+        parser.set_defaults({"data": {"class_path": "mobilenet.data.CIFARDataModule"}})
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
@@ -115,7 +118,7 @@ class MobileNetCLI(LightningCLI):
         if subcommand == "fit":
             refuse_to_mix(run_dir, config.run_name, config.ckpt_path)
         if config.ckpt_path:
-            adopt_checkpoint_data(config.data, read_checkpoint(config.ckpt_path))
+            adopt_checkpoint_data(config.data.init_args, read_checkpoint(config.ckpt_path))
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -129,7 +132,8 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> MobileNetCL
     """Parse ``args`` (default: the command line), build model, data and trainer, and run the subcommand."""
     return MobileNetCLI(
         MobileNetClassifier,
-        CIFARDataModule,
+        BatchedDataModule,
+        subclass_mode_data=True,
         seed_everything_default=0,
         trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [PredictionWriter()]},
         # The optimiser and scheduler are the model's own arguments (model.optimizer, model.lr_scheduler).

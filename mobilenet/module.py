@@ -1,5 +1,6 @@
 """The LightningModule: MobileNetV1 trained with cross-entropy, accuracy metrics, optimiser from the config."""
 
+from collections.abc import Sequence
 from typing import Literal, Optional
 
 import torch
@@ -14,6 +15,25 @@ from mobilenet.model import MobileNetV1
 
 # Top-5 accuracy is reported when there are more classes than CIFAR-10's ten (CIFAR-100 and up).
 TOP5_MIN_CLASSES = 11
+
+# Parameter kinds that can be kept out of weight decay (``no_weight_decay``): BatchNorm scales and shifts,
+# biases (only the classifier has one), and the depthwise filters, which the paper trains with "very little
+# or no weight decay" because they hold so few parameters (Howard et al., 2017, section 3.2).
+DecayExemption = Literal["norm", "bias", "depthwise"]
+
+
+def parameter_groups(net: nn.Module, exempt: Sequence[str]) -> list[dict]:
+    """The optimiser's parameter groups: everything decayed except the ``exempt`` kinds (weight decay 0)."""
+    skip: dict[int, nn.Parameter] = {}
+    for module in net.modules():
+        if "norm" in exempt and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            skip.update((id(p), p) for p in module.parameters(recurse=False))
+        if "bias" in exempt and getattr(module, "bias", None) is not None:
+            skip[id(module.bias)] = module.bias
+        if "depthwise" in exempt and isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1:
+            skip[id(module.weight)] = module.weight
+    decayed = [p for p in net.parameters() if id(p) not in skip]
+    return [{"params": decayed}, {"params": list(skip.values()), "weight_decay": 0.0}]
 
 
 def accuracy_metrics(num_classes: int, stage: str) -> MetricCollection:
@@ -38,6 +58,11 @@ class MobileNetClassifier(LightningModule):
         lr_scheduler: Optional learning-rate scheduler class and arguments. A scheduler that takes
             ``total_steps`` (one-cycle) gets the run's number of optimiser steps when the config leaves it out.
         lr_scheduler_interval: Step the scheduler every ``epoch`` or every ``step`` (batch).
+        no_weight_decay: Parameter kinds the optimiser's weight decay skips: ``norm`` (BatchNorm), ``bias``,
+            ``depthwise`` (the 3×3 depthwise filters). Empty: the optimiser's decay applies to all.
+        test_time_flip: In ``predict``, classify each image and its mirror image and average the two softmax
+            outputs. ``test`` and ``validate`` then report that as ``test/acc_flip`` / ``val/acc_flip`` next to
+            the plain ``test/acc`` / ``val/acc``, which stay what checkpoints are chosen by.
     """
 
     def __init__(
@@ -51,11 +76,16 @@ class MobileNetClassifier(LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        no_weight_decay: Sequence[DecayExemption] = (),
+        test_time_flip: bool = False,
     ) -> None:
         super().__init__()
         # The optimiser and scheduler are recipe, not model: they live in the run's config.yaml, and leaving
         # them out keeps checkpoint hyper-parameters plain data (loadable with weights_only=True).
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # test_time_flip is how to evaluate, not what was trained: left out so that the command line's value
+        # wins over the checkpoint's when a checkpoint is tested (LightningCLI applies saved hyper-parameters).
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "test_time_flip"])
+        self.test_time_flip = test_time_flip
         self.net = MobileNetV1(num_classes, width_mult, stem_stride, activation, dropout)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.optimizer = optimizer
@@ -63,6 +93,8 @@ class MobileNetClassifier(LightningModule):
         self.train_metrics = accuracy_metrics(num_classes, "train")
         self.val_metrics = accuracy_metrics(num_classes, "val")
         self.test_metrics = accuracy_metrics(num_classes, "test")
+        self.val_flip_metrics = accuracy_metrics(num_classes, "val").clone(postfix="_flip")
+        self.test_flip_metrics = accuracy_metrics(num_classes, "test").clone(postfix="_flip")
         # Saved in checkpoints so that val/acc_best survives a resume.
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
@@ -85,9 +117,7 @@ class MobileNetClassifier(LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        loss = self.shared_step(batch, self.val_metrics)
-        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch[1]), sync_dist=True)
-        self.log_dict(self.val_metrics, prog_bar=True)
+        self.evaluation_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # two batches of an untrained model are no record to keep
@@ -96,20 +126,38 @@ class MobileNetClassifier(LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        loss = self.shared_step(batch, self.test_metrics)
-        self.log("test/loss", loss, batch_size=len(batch[1]), sync_dist=True)
-        self.log_dict(self.test_metrics)
+        self.evaluation_step(batch, "test")
+
+    def evaluation_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        """Loss and accuracy of a validation or test batch, and with ``test_time_flip`` also ``{stage}/acc_flip``."""
+        images, labels = batch
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        if not self.test_time_flip:
+            logits = self(images)
+        else:  # one forward pass over the images and their mirror images serves both reports
+            logits, mirrored = self(torch.cat([images, images.flip(-1)])).chunk(2)
+            flip_metrics = self.val_flip_metrics if stage == "val" else self.test_flip_metrics
+            flip_metrics.update((logits.softmax(dim=1) + mirrored.softmax(dim=1)) / 2, labels)
+            self.log_dict(flip_metrics, prog_bar=stage == "val")
+        metrics.update(logits, labels)
+        loss = self.criterion(logits, labels)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=len(labels), sync_dist=True)
+        self.log_dict(metrics, prog_bar=stage == "val")
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         images, labels = batch
-        confidence, prediction = self(images).softmax(dim=1).max(dim=1)
+        probabilities = self(images).softmax(dim=1)
+        if self.test_time_flip:
+            probabilities = (probabilities + self(images.flip(-1)).softmax(dim=1)) / 2
+        confidence, prediction = probabilities.max(dim=1)
         return {"prediction": prediction, "confidence": confidence, "label": labels}
 
     def on_train_epoch_start(self) -> None:
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
+        exempt = self.hparams.no_weight_decay
+        optimizer = self.optimizer(parameter_groups(self.net, exempt) if exempt else self.parameters())
         if self.lr_scheduler is None:
             return optimizer
         scheduler = self.lr_scheduler(optimizer, **self.schedule_length())

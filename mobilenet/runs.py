@@ -125,6 +125,16 @@ def last_checkpoint(dirpath: str) -> ModelCheckpoint:
 def adopt_checkpoint_data(data, checkpoint: dict) -> None:
     """Take the data settings that define the checkpoint's task from it, saying so when they differ."""
     saved = checkpoint.get("datamodule_hyper_parameters") or {}
+    if "root" in saved and "root" not in data:
+        raise UsageError(
+            f"The checkpoint was trained on the image folders in '{saved['root']}', not on CIFAR. Evaluate it on "
+            f"them with --data ImageFolderDataModule --data.root {saved['root']}."
+        )
+    if "dataset" in saved and "dataset" not in data:
+        raise UsageError(
+            f"The checkpoint was trained on {saved['dataset']}, not on image folders. Evaluate it with "
+            f"--data CIFARDataModule --data.dataset {saved['dataset']} (the default data of the configs)."
+        )
     changed = []
     for key in DATA_FROM_CHECKPOINT:
         if key in saved and key in data and data[key] != saved[key]:
@@ -133,7 +143,7 @@ def adopt_checkpoint_data(data, checkpoint: dict) -> None:
     if changed:
         print("Using the checkpoint's data settings: " + ", ".join(changed) + ".")
     trained_for = (checkpoint.get("hyper_parameters") or {}).get("num_classes")
-    if trained_for and trained_for != NUM_CLASSES.get(data.dataset, trained_for):
+    if "dataset" in data and trained_for and trained_for != NUM_CLASSES.get(data.dataset, trained_for):
         raise UsageError(
             f"The checkpoint was trained for {trained_for} classes but --data.dataset {data.dataset} has "
             f"{NUM_CLASSES[data.dataset]}. Use the dataset it was trained on, or another checkpoint."

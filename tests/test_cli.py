@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from conftest import CONFIGS, small_run_args
+from fake_images import CLASSES, write_image_folder
 
 MOBILENET = str(Path(sys.executable).parent / "mobilenet")
 STEPS_PER_EPOCH = 5  # 100 training images - 20 for validation, in batches of 16
@@ -47,8 +48,10 @@ def test_print_config_shows_the_reference_recipe(tmp_path):
     assert config["model"]["optimizer"]["class_path"] == "torch.optim.Adam"
     assert config["model"]["optimizer"]["init_args"]["lr"] == 0.001
     assert config["trainer"]["max_epochs"] == 100
-    assert config["data"]["batch_size"] == 128 and config["data"]["val_size"] == 1000
-    assert config["data"]["augment"] == "seed" and config["data"]["dataset"] == "cifar10"
+    assert config["data"]["class_path"] == "mobilenet.data.CIFARDataModule"
+    data = config["data"]["init_args"]
+    assert data["batch_size"] == 128 and data["val_size"] == 1000
+    assert data["augment"] == "seed" and data["dataset"] == "cifar10"
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def test_fit_writes_checkpoints_metrics_and_the_resolved_config(trained):
     rows = csv_rows(log_dir / "metrics.csv")
     assert any(row["val/acc"] != "" and row["epoch"] == "0" for row in rows)
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
-    assert saved["data"]["val_size"] == 20 and saved["model"]["width_mult"] == 0.25
+    assert saved["data"]["init_args"]["val_size"] == 20 and saved["model"]["width_mult"] == 0.25
 
 
 def test_a_fresh_fit_refuses_to_mix_with_an_existing_run(trained, cifar10_dir):
@@ -131,3 +134,25 @@ def test_asking_for_a_checkpoint_a_run_does_not_have(tmp_path, cifar10_dir):
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no best checkpoint in 'checkpoints/never_trained'" in result.stderr
+
+
+def test_the_tuned_recipe_trains_and_predicts_on_image_folders(tmp_path):
+    root = write_image_folder(tmp_path / "images")  # 93 training images in 3 classes, 15 test images
+    recipe = [
+        "--config", str(CONFIGS / "cifar10_fast.yaml"), "--data", "ImageFolderDataModule", "--data.root", str(root),
+        "--data.val_size", "13", "--data.batch_size", "16", "--model.width_mult", "0.25", "--trainer.max_epochs", "1",
+    ]  # fmt: skip
+    fit = mobilenet("fit", *recipe, cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    assert "Decoding" in fit.stderr and "93/93" in fit.stderr  # the progress bar of the one-time decode
+    assert (tmp_path / "checkpoints" / "cifar10_fast" / "last.ckpt").is_file()
+
+    predicted = mobilenet("predict", *recipe, cwd=tmp_path)  # the test/ folder, best checkpoint by default
+    assert predicted.returncode == 0, predicted.stderr
+    assert "15/15" in predicted.stderr and "93/93" not in predicted.stderr  # decodes test/ only, once
+    csv_path = tmp_path / predicted.stdout.split("Wrote 15 predictions to ")[1].split(" (accuracy")[0]
+    assert {row["label_name"] for row in csv_rows(csv_path)} == set(CLASSES)
+
+    as_cifar = mobilenet("test", "--config", str(CONFIGS / "cifar10_fast.yaml"), cwd=tmp_path)
+    assert as_cifar.returncode != 0 and "Traceback" not in as_cifar.stderr
+    assert f"trained on the image folders in '{root}'" in as_cifar.stderr

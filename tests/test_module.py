@@ -93,3 +93,35 @@ def test_a_checkpoint_alone_rebuilds_the_model(in_tmp, cifar10_dir):
         assert torch.allclose(rebuilt(images), cli.model.eval()(images), atol=1e-6)
     # Plain data only: safe to read with weights_only=True.
     assert torch.load(checkpoint, weights_only=True, map_location="cpu")["hyper_parameters"]["num_classes"] == 10
+
+
+def test_weight_decay_skips_exactly_the_chosen_parameter_kinds():
+    model = MobileNetClassifier(width_mult=0.25, no_weight_decay=["norm", "depthwise", "bias"])
+    model.optimizer = lambda params: torch.optim.SGD(params, lr=0.1, weight_decay=5e-4)
+    decayed, exempt = model.configure_optimizers().param_groups
+    assert decayed["weight_decay"] == 5e-4 and exempt["weight_decay"] == 0.0
+    exempt_ids = {id(p) for p in exempt["params"]}
+    for name, module in model.net.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            assert {id(module.weight), id(module.bias)} <= exempt_ids, name
+        elif isinstance(module, torch.nn.Conv2d):
+            is_depthwise = module.groups > 1
+            assert (id(module.weight) in exempt_ids) == is_depthwise, name
+    assert id(model.net.classifier.bias) in exempt_ids and id(model.net.classifier.weight) not in exempt_ids
+    assert len(decayed["params"]) + len(exempt["params"]) == len(list(model.parameters()))
+
+
+def test_test_time_flip_gives_mirror_images_the_same_prediction(in_tmp, cifar10_dir):
+    model = MobileNetClassifier(width_mult=0.25, test_time_flip=True).eval()
+    images = torch.randn(4, 3, 32, 32)
+    labels = torch.zeros(4, dtype=torch.long)
+    with torch.no_grad():
+        plain = model.predict_step((images, labels), 0)
+        mirrored = model.predict_step((images.flip(-1), labels), 0)
+    assert torch.equal(plain["prediction"], mirrored["prediction"])
+    assert torch.allclose(plain["confidence"], mirrored["confidence"], atol=1e-6)
+
+    build_cli(["fit", *small_run(cifar10_dir)])  # trained without it: the option is the evaluation's own
+    for stage, prefix in (("test", "test"), ("validate", "val")):
+        cli = build_cli([stage, *small_run(cifar10_dir, "cifar10.yaml", "--model.test_time_flip", "true")])
+        assert {f"{prefix}/acc", f"{prefix}/acc_flip"} <= logged_names(metric_rows(Path(cli.trainer.log_dir)))
