@@ -58,6 +58,8 @@ CHECKPOINT_DEFAULTS = {
 # pays for what they import (onnx, matplotlib, ...). Add one line here per command.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
+    "classify": ("mobilenet.classify", "top classes of image files under a trained checkpoint"),
+    "report": ("mobilenet.report", "curves, confusion matrix and labelled test images of a finished run"),
 }
 
 
