@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
                 readable.append((path, read_image(path)))
             except UsageError as err:  # one bad file must not cost the answers for the others
                 failed += 1
-                print(f"mobilenet: error: {err}", file=sys.stderr)
+                tqdm.write(f"mobilenet: error: {err}", file=sys.stderr)
                 results.append({"file": str(path), "error": str(err)})
         if readable:
             batch = torch.stack([fit_to(image, classifier.resolution) for _, image in readable])
@@ -75,7 +75,9 @@ def main(argv: list[str]) -> int:
             ):
                 results.append({"file": str(path), "top": top})
                 if not args.json:
-                    print(as_text(path, top))
+                    # Above the progress bar when there is one, and in order with the error lines on stderr.
+                    tqdm.write(as_text(path, top), file=sys.stdout)
+                    sys.stdout.flush()
                 if args.grid and len(thumbnails) < GRID_MAX:
                     title = f"{path.name[:18]}\n{top[0]['class']} {top[0]['probability']:.0%}"
                     thumbnails.append((fit_to(image, THUMBNAIL), title))

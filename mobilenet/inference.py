@@ -5,10 +5,12 @@ goes through ``Classifier``, so that another backend only has to offer the same 
 ``resolution``, ``mean``, ``std`` and ``__call__``.
 """
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from mobilenet.data.augment import BatchTransform
 from mobilenet.data.datamodule import CIFAR10_MEAN, CIFAR10_STD, CIFARDataModule
@@ -61,17 +63,21 @@ class Classifier:
         )
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """uint8 images (N, 3, H, W), any H and W → logits (N, num_classes) float32 on the CPU.
 
-        Resizing to ``resolution`` and normalising are the evaluation transform of training.
+        Resizing to ``resolution`` and normalising are the evaluation transform of training. ``progress``
+        shows a progress bar: at α = 1 on 2 busy CPU cores this measured 50 images/s, so CIFAR's 10,000 test
+        images take minutes.
         """
         transform = BatchTransform("none", self.resolution, self.mean, self.std)
+        starts = range(0, len(images), BATCH_SIZE)
+        if progress:
+            starts = tqdm(starts, desc="Classifying", unit="batch", file=sys.stderr)
         chunks = [
-            self.net(transform(images[start : start + BATCH_SIZE].to(self.device))).float().cpu()
-            for start in range(0, len(images), BATCH_SIZE)
+            self.net(transform(images[start : start + BATCH_SIZE].to(self.device))).float().cpu() for start in starts
         ]
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.class_names))
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        return self(images).softmax(dim=1)
+    def probabilities(self, images: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        return self(images, progress).softmax(dim=1)

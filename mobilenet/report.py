@@ -137,7 +137,7 @@ def confusion(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int)
 def write_test_results(
     classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, out: Path, num_images: int, title: str
 ) -> tuple[list[Path], float]:
-    probabilities = classifier.probabilities(images)
+    probabilities = classifier.probabilities(images, progress=True)
     predictions = probabilities.argmax(dim=1)
     names = classifier.class_names
     matrix = confusion(labels, predictions, len(names))
