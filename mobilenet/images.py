@@ -37,7 +37,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit greyscale: scale to 8 bits
         values = np.asarray(image, dtype=np.float32)
         full_scale = 65535.0 if values.max() > 255 else 255.0
-        return Image.fromarray(np.clip(values * (255.0 / full_scale), 0, 255).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8), "L").convert(
+            "RGB"
+        )
     if image.mode in ("RGBA", "LA", "PA") or (image.mode in ("P", "L", "RGB") and "transparency" in image.info):
         background = Image.new("RGBA", image.size, BACKGROUND + (255,))
         return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")

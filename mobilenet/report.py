@@ -123,8 +123,11 @@ def test_split(checkpoint_path: Path, data_dir: Optional[str]) -> tuple[CIFARDat
         download=False,
         verify=saved.get("verify", True),
     )
-    data.prepare_data()
-    data.setup("test")
+    try:
+        data.prepare_data()
+        data.setup("test")
+    except UsageError as err:  # the data module names --data.data_dir, the training option
+        raise UsageError(f"{err} For `mobilenet report`, that option is --data_dir.") from err
     split = data.splits["test"]
     return data, split.images, split.labels
 

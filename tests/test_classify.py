@@ -130,3 +130,14 @@ def test_a_missing_checkpoint_is_one_clear_error(in_tmp):
     with pytest.raises(SystemExit) as stopped:
         main(["classify", "x.png", "--ckpt_path", "nowhere.ckpt"])
     assert str(stopped.value.code).startswith("mobilenet: error: 'nowhere.ckpt' could not be read as a checkpoint")
+
+
+def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(tmp_path):
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1040).astype(np.uint16)  # 0 … 65520
+    Image.fromarray(ramp).save(tmp_path / "depth.png")
+    with Image.open(tmp_path / "depth.png") as saved:
+        assert saved.mode.startswith("I")  # PIL keeps it as 16-bit, not 8-bit greyscale
+    pixels = read_image(tmp_path / "depth.png")
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 8, 8)
+    assert torch.equal(pixels[0], pixels[2]) and int(pixels.min()) == 0
+    assert int(pixels.max()) == 255  # 65520 of 65535 is 254.94 of 255, rounded
