@@ -72,7 +72,10 @@ class WandbLogger(LightningWandbLogger):
         # the offline notice says so (WandbRunCallback.announce).
         self.kept_checkpoints_local = bool(log_model) and offline
         self.images_per_epoch = images_per_epoch
-        if offline and kwargs.get("settings") is None:
+        # The CLI passes every wandb.init argument, unset ones as None; a None `resume` would override
+        # Lightning's resume="allow", which continuing a run by its id needs.
+        kwargs = {key: value for key, value in kwargs.items() if value is not None}
+        if offline and "settings" not in kwargs:
             import wandb
 
             # One notice (WandbRunCallback.announce) instead of wandb's five lines around the progress bar.

@@ -112,3 +112,5 @@ def test_an_api_key_means_online_with_checkpoint_artifacts(monkeypatch, tmp_path
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     online = WandbLogger(log_model=True)
     assert not online.offline and online._log_model is True
+    # The CLI passes wandb.init's unset arguments as None; continuing a run by its id needs resume="allow".
+    assert WandbLogger(id="abc123", resume=None)._wandb_init["resume"] == "allow"
