@@ -27,6 +27,7 @@ from mobilenet.runs import (
     resolve_checkpoint,
     run_name_from,
 )
+from mobilenet.tracking import RUN_ID_KEY, SaveConfigEverywhere, WandbRunCallback, is_wandb_logger, wandb_loggers
 
 # Lightning 2.6 on torch 2.14 warns about its own use of a torch API at every run, and advertises a cloud
 # logger at every start; neither says anything about this run. A run folder with checkpoints in it is
@@ -58,6 +59,8 @@ CHECKPOINT_DEFAULTS = {
 # pays for what they import (onnx, matplotlib, ...). Add one line here per command.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
+    "classify": ("mobilenet.classify", "top classes of image files under a trained checkpoint"),
+    "report": ("mobilenet.report", "curves, confusion matrix and labelled test images of a finished run"),
 }
 
 
@@ -105,9 +108,11 @@ class MobileNetCLI(LightningCLI):
         config.run_name = config.run_name or run_name_from(config.get("config"))
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(CHECKPOINT_ROOT / config.run_name)
-        logger = config.trainer.logger
-        if hasattr(logger, "init_args") and "name" in logger.init_args and logger.init_args.name is None:
-            logger.init_args.name = config.run_name
+        loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
+        loggers = [logger for logger in loggers if hasattr(logger, "init_args")]
+        for logger in loggers:
+            if "name" in logger.init_args and logger.init_args.name is None:
+                logger.init_args.name = config.run_name
         if config.trainer.precision is None:
             config.trainer.precision = auto_precision(config.trainer.accelerator)
         run_dir = Path(config.checkpoint.dirpath)
@@ -118,13 +123,19 @@ class MobileNetCLI(LightningCLI):
         if subcommand == "fit":
             refuse_to_mix(run_dir, config.run_name, config.ckpt_path)
         if config.ckpt_path:
-            adopt_checkpoint_data(config.data.init_args, read_checkpoint(config.ckpt_path))
+            checkpoint = read_checkpoint(config.ckpt_path)
+            adopt_checkpoint_data(config.data.init_args, checkpoint)
+            if subcommand == "fit" and checkpoint.get(RUN_ID_KEY):  # a resumed fit continues its W&B run
+                for logger in loggers:
+                    if is_wandb_logger(logger.class_path) and logger.init_args.get("id") is None:
+                        logger.init_args.id = checkpoint[RUN_ID_KEY]
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         # Last in the list, so that last.ckpt is written after the best-checkpoint callback has updated the
         # state it stores: a resume then still knows which file is the best so far.
         trainer.callbacks.append(last_checkpoint(self._get(self.config, "checkpoint").dirpath))
+        trainer.callbacks.extend(WandbRunCallback(logger) for logger in wandb_loggers(trainer))
         return trainer
 
 
@@ -135,6 +146,7 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> MobileNetCL
         BatchedDataModule,
         subclass_mode_data=True,
         seed_everything_default=0,
+        save_config_callback=SaveConfigEverywhere,
         trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [PredictionWriter()]},
         # The optimiser and scheduler are the model's own arguments (model.optimizer, model.lr_scheduler).
         auto_configure_optimizers=False,

@@ -39,3 +39,22 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["mobilenet"])
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, cifar10_dir) -> Path:
+    """A working folder after a two-epoch `fit`: checkpoints/cifar10/ and logs/cifar10/version_0/."""
+    from mobilenet.cli import build_cli
+
+    workdir = tmp_path_factory.mktemp("finished-run")
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    previous, argv = os.getcwd(), sys.argv
+    os.chdir(workdir)
+    sys.argv = ["mobilenet"]
+    try:
+        build_cli(["fit", *small_run_args(cifar10_dir), *quiet, "--trainer.max_epochs", "2",
+                   "--trainer.log_every_n_steps", "1"])  # fmt: skip
+    finally:
+        os.chdir(previous)
+        sys.argv = argv
+    return workdir

@@ -72,6 +72,7 @@ def test_fit_writes_checkpoints_metrics_and_the_resolved_config(trained):
     assert any(row["val/acc"] != "" and row["epoch"] == "0" for row in rows)
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["data"]["init_args"]["val_size"] == 20 and saved["model"]["width_mult"] == 0.25
+    assert not (trained / "logs" / "wandb").exists() and not (trained / "wandb").exists(), "W&B only when asked for"
 
 
 def test_a_fresh_fit_refuses_to_mix_with_an_existing_run(trained, cifar10_dir):

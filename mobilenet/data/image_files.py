@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from mobilenet.errors import UsageError
+from mobilenet.images import fit_to, to_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Bump when the decoded pixels would change for the same files (resampling, colour handling).
@@ -52,22 +54,16 @@ def content_key(split_dir: Path, files: list[Path], resolution: int) -> str:
 
 
 def load_rgb(path: Path, resolution: int) -> torch.Tensor:
-    """One image file as uint8 (3, resolution, resolution) RGB.
+    """One image file as uint8 (3, resolution, resolution) RGB, prepared as ``mobilenet classify`` prepares one.
 
-    Greyscale and palette images are expanded to RGB; transparent pixels (RGBA, LA, palette transparency) are
-    composited onto white. The image is centre-cropped to a square and resized with antialiased bilinear
-    filtering, so other aspect ratios are not distorted. Pillow's decompression-bomb guard stays on.
+    Greyscale, 16-bit, palette and CMYK images become 8-bit RGB and transparent pixels are composited onto
+    white (``mobilenet.images.to_rgb``); the image is centre-cropped to a square and resized (``fit_to``).
+    Pillow's decompression-bomb guard stays on.
     """
     with Image.open(path) as image:
         image.draft("RGB", (resolution, resolution))  # JPEG: decode at a reduced scale when far larger
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        if image.mode in ("RGBA", "LA", "PA"):
-            rgba = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-        image = ImageOps.fit(image.convert("RGB"), (resolution, resolution), Image.Resampling.BILINEAR)
-        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return pixels.view(resolution, resolution, 3).permute(2, 0, 1).contiguous()
+        image.load()
+        return fit_to(TF.pil_to_tensor(to_rgb(image)), resolution).contiguous()
 
 
 def try_load(path: Path, resolution: int) -> tuple[Optional[torch.Tensor], str]:

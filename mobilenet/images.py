@@ -1,0 +1,71 @@
+"""Image files read into uint8 RGB tensors the way a classifier expects them, whatever their format and mode."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from mobilenet.errors import UsageError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# Transparent pixels are shown on white, as an image viewer would show them.
+BACKGROUND = (255, 255, 255)
+
+
+def find_images(paths: list[str]) -> list[Path]:
+    """Files named directly (whatever their extension), plus the image files inside named folders, in order.
+
+    A path that does not exist is kept, so that it is reported with the unreadable files rather than dropped.
+    """
+    found: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+            if not inside:
+                raise UsageError(f"The folder '{path}' holds no {', '.join(EXTENSIONS)} files.")
+            found.extend(inside)
+        else:
+            found.append(path)
+    return found
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, RGBA, greyscale (8 or 16 bit), palette (with or without transparency), CMYK → 8-bit RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit greyscale: scale to 8 bits
+        values = np.asarray(image, dtype=np.float32)
+        full_scale = 65535.0 if values.max() > 255 else 255.0
+        return Image.fromarray(np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8), "L").convert(
+            "RGB"
+        )
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode in ("P", "L", "RGB") and "transparency" in image.info):
+        background = Image.new("RGBA", image.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """uint8 (3, H, W); a missing, truncated or non-image file raises ``UsageError`` naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes now: a truncated file fails here, not later
+            return TF.pil_to_tensor(to_rgb(image))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        reason = "no such file" if isinstance(err, FileNotFoundError) else f"{type(err).__name__}: {err}"
+        raise UsageError(f"'{path}' could not be read as an image ({reason}).") from err
+
+
+def fit_to(image: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Centre-crop (3, H, W) to a square and resize it to resolution × resolution (antialiased bilinear).
+
+    Training on image folders prepares every image this way (mobilenet/data/image_files.py), so a photo of
+    another shape is classified as the network saw such photos: undistorted, its centre kept.
+    """
+    side = min(image.shape[-2:])
+    if image.shape[-2:] != (side, side):
+        image = TF.center_crop(image, [side, side])
+    if side == resolution:
+        return image
+    return TF.resize(image, [resolution, resolution], antialias=True)
