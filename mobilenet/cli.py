@@ -58,6 +58,7 @@ CHECKPOINT_DEFAULTS = {
 # pays for what they import (onnx, matplotlib, ...). Add one line here per command.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
+    "summary": ("mobilenet.summary", "parameters and mult-adds by layer type (the paper's Table 2)"),
 }
 
 
