@@ -59,6 +59,8 @@ CHECKPOINT_DEFAULTS = {
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "summary": ("mobilenet.summary", "parameters and mult-adds by layer type (the paper's Table 2)"),
+    "export": ("mobilenet.export", "a checkpoint as ONNX, TorchScript or state_dict, checked against PyTorch"),
+    "import-tutorial": ("mobilenet.tutorial", "convert the reference tutorial's .pth weights into a checkpoint"),
 }
 
 
