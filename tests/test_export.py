@@ -1,7 +1,6 @@
 """`mobilenet export`: ONNX, TorchScript and state_dict files that compute the checkpoint's function."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,38 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import small_run_args
 from mobilenet import MobileNetV1, cli, export
-from mobilenet.backends import load_checkpoint_network, sidecar_path
-from mobilenet.cli import build_cli
+from mobilenet.backends import load_checkpoint_network, load_classifier, sidecar_path
 from mobilenet.errors import UsageError
 from mobilenet.folding import fold_batchnorm
-from tutorial_net import randomise_batchnorm
 
 MOBILENET = str(Path(sys.executable).parent / "mobilenet")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, cifar10_dir) -> Path:
-    """A `mobilenet fit` checkpoint (α = 0.25, one batch) whose BatchNorm layers hold random trained-like
-    statistics: after one step they are nearly the identity, which would let a wrong fold pass."""
-    workdir = tmp_path_factory.mktemp("export")
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        args = ["fit", *small_run_args(cifar10_dir), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-                "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]  # fmt: skip
-        build_cli(args)
-    finally:
-        os.chdir(cwd)
-    path = workdir / "checkpoints" / "cifar10" / "last.ckpt"
-    saved = torch.load(path, weights_only=True)
-    net = MobileNetV1(num_classes=10, width_mult=0.25)
-    net.load_state_dict({k.removeprefix("net."): v for k, v in saved["state_dict"].items() if k.startswith("net.")})
-    randomise_batchnorm(net)
-    saved["state_dict"].update({f"net.{k}": v for k, v in net.state_dict().items()})
-    torch.save(saved, path)
-    return path
 
 
 def reference_logits(checkpoint: Path, batch: torch.Tensor) -> torch.Tensor:
@@ -62,10 +35,9 @@ def test_folding_batchnorm_keeps_the_function_and_removes_every_batchnorm(checkp
     assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules()), "the checkpoint's network is left alone"
 
 
-def test_onnx_export_passes_the_checker_has_a_dynamic_batch_and_carries_preprocessing(checkpoint, tmp_path):
+def test_onnx_export_passes_the_checker_has_a_dynamic_batch_and_carries_preprocessing(checkpoint, onnx_export):
     ort = pytest.importorskip("onnxruntime")
-    output = tmp_path / "model.onnx"
-    report = export.export(str(checkpoint), "onnx", output)
+    output, report = onnx_export
     model = onnx.load(str(output))
     onnx.checker.check_model(model, full_check=True)
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
@@ -92,6 +64,8 @@ def test_torchscript_export_computes_the_same_logits_and_stores_the_metadata(che
     batch = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert (scripted(batch) - reference_logits(checkpoint, batch)).abs().max() <= 1e-4
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert (load_classifier(output).logits(images) - load_classifier(checkpoint).logits(images)).abs().max() <= 1e-4
 
 
 def test_state_dict_export_loads_into_mobilenetv1_with_the_documented_snippet(checkpoint, tmp_path):
