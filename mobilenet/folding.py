@@ -2,7 +2,8 @@
 
 In eval mode BatchNorm is an affine map per channel, y = γ (x - μ) / √(σ² + ε) + β, so it merges into the
 preceding convolution's weights and bias. On MobileNetV1 that removes all 27 BatchNorm layers from the
-inference graph; the logits agree with the unfolded network to float rounding (measured: 2e-7).
+inference graph; the logits agree with the unfolded network to float rounding (measured: up to 2e-5 on
+logits of size 1 with trained-like BatchNorm statistics, α = 1).
 """
 
 import copy

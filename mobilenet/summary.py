@@ -96,7 +96,7 @@ def describe(net: MobileNetV1, resolution: int, per_layer: bool = False) -> str:
     all_params = sum(p.numel() for p in net.parameters())
     lines = []
     if per_layer:
-        lines.append(f"{'layer':<28}{'type':<21}{'output':>16}{'mult-adds':>14}{'parameters':>12}")
+        lines.append(f"{'layer':<28}{'type':<21}{'output C×H×W':>16}{'mult-adds':>14}{'parameters':>12}")
         for c in costs:
             shape = "×".join(map(str, c.output_shape))
             lines.append(f"{c.name:<28}{c.kind:<21}{shape:>16}{c.mult_adds:>14,}{c.weights:>12,}")

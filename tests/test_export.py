@@ -29,7 +29,7 @@ def test_folding_batchnorm_keeps_the_function_and_removes_every_batchnorm(checkp
     folded = fold_batchnorm(net)
     batch = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        assert (folded(batch) - net(batch)).abs().max() < 1e-5
+        assert (folded(batch) - net(batch)).abs().max() <= export.PARITY_LIMIT  # measured: 9e-6
         assert net(batch).std(dim=0).mean() > 0.01, "the logits must depend on the image for this to mean anything"
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules()), "the checkpoint's network is left alone"
