@@ -123,9 +123,11 @@ def main(argv=None) -> dict:
     header = f"{'α':>5} {'M mult-adds':>12} {'M params':>9} {'runtime':<12}" + "".join(
         f"{f'batch {n} img/s':>17}" for n in sizes
     )
+    load = os.getloadavg()[0]  # other processes' work skews every figure; threads > free cores most of all
     print(
         f"\nCPU inference, {args.resolution}×{args.resolution} input, {args.num_classes} classes, "
-        f"{args.threads} threads ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)"
+        f"{args.threads} threads ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {load:.1f} at the end)"
     )
     print(header)
     for width_mult in args.width_mult:
@@ -139,7 +141,12 @@ def main(argv=None) -> dict:
             )
     result = {
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_1min": load,
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
         "results": rows,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
