@@ -4,6 +4,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -26,7 +27,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "trained checkpoint. Each image is resized to the checkpoint's resolution and normalised as in training.",
     )
     parser.add_argument("images", nargs="+", help="image files, or folders searched for image files")
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `mobilenet fit`")
+    parser.add_argument(
+        "--ckpt_path", required=True, help="checkpoint written by `mobilenet fit`, or a file `mobilenet export` wrote"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnxruntime"),
+        default="auto",
+        help="auto (default): ONNX Runtime for an exported .onnx file, PyTorch for everything else",
+    )
     parser.add_argument("--topk", type=int, default=3, help="classes to show per image (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--grid", metavar="OUT.png", help="also write a picture of the images with their top class")
@@ -51,9 +60,20 @@ def as_text(path: Path, top: list[dict]) -> str:
     return f"{path}: " + ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in top)
 
 
+def open_classifier(path: str, backend: str, device: str) -> tuple[list[str], int, Callable]:
+    """(class names, resolution, uint8 images → probabilities) of a checkpoint, or of an export (backends.py)."""
+    if Path(path).suffix.lower() == ".ckpt" and backend != "onnxruntime":
+        classifier = Classifier.from_checkpoint(path, device)
+        return classifier.class_names, classifier.resolution, classifier.probabilities
+    from mobilenet.backends import load_classifier  # onnxruntime is imported only when asked for
+
+    exported = load_classifier(path, backend)
+    return exported.class_names, exported.resolution, lambda images: exported.logits(images).softmax(dim=1)
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    classifier = Classifier.from_checkpoint(args.ckpt_path, args.device)
+    class_names, resolution, probabilities_of = open_classifier(args.ckpt_path, args.backend, args.device)
     files = find_images(args.images)
     results: list[dict] = []
     thumbnails: list[tuple[torch.Tensor, str]] = []
@@ -69,9 +89,9 @@ def main(argv: list[str]) -> int:
                 tqdm.write(f"mobilenet: error: {err}", file=sys.stderr)
                 results.append({"file": str(path), "error": str(err)})
         if readable:
-            batch = torch.stack([fit_to(image, classifier.resolution) for _, image in readable])
+            batch = torch.stack([fit_to(image, resolution) for _, image in readable])
             for (path, image), top in zip(
-                readable, top_classes(classifier.probabilities(batch), classifier.class_names, args.topk), strict=True
+                readable, top_classes(probabilities_of(batch), class_names, args.topk), strict=True
             ):
                 results.append({"file": str(path), "top": top})
                 if not args.json:

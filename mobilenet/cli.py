@@ -61,6 +61,9 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "classify": ("mobilenet.classify", "top classes of image files under a trained checkpoint"),
     "report": ("mobilenet.report", "curves, confusion matrix and labelled test images of a finished run"),
+    "summary": ("mobilenet.summary", "parameters and mult-adds by layer type (the paper's Table 2)"),
+    "export": ("mobilenet.export", "a checkpoint as ONNX, TorchScript or state_dict, checked against PyTorch"),
+    "import-tutorial": ("mobilenet.tutorial", "convert the reference tutorial's .pth weights into a checkpoint"),
 }
 
 

@@ -5,7 +5,7 @@ logits (N, num_classes). The resolution multiplier ρ is a property of the input
 global average pool accepts any H, W.
 """
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -81,6 +81,8 @@ class MobileNetV1(nn.Module):
         stem_stride: Stride of the first 3×3 convolution: 1 keeps 32×32 CIFAR images at 2×2 before the pool,
             2 is the paper's ImageNet layout (224×224 → 7×7).
         activation: ``"relu"`` (the paper) or ``"relu6"``.
+        stem_activation: Activation after the first convolution; None uses ``activation``. The reference
+            tutorial's network has ReLU here and ReLU6 in the 13 blocks (``mobilenet import-tutorial``).
         dropout: Dropout probability before the classifier; 0 disables it.
     """
 
@@ -91,6 +93,7 @@ class MobileNetV1(nn.Module):
         stem_stride: Literal[1, 2] = 1,
         activation: Literal["relu", "relu6"] = "relu",
         dropout: float = 0.0,
+        stem_activation: Optional[Literal["relu", "relu6"]] = None,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -103,12 +106,15 @@ class MobileNetV1(nn.Module):
             raise UsageError(f"stem_stride must be 1 (CIFAR, 32×32) or 2 (ImageNet layout), got {stem_stride!r}.")
         if activation not in ACTIVATIONS:
             raise UsageError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+        if stem_activation is not None and stem_activation not in ACTIVATIONS:
+            raise UsageError(f"stem_activation must be one of {sorted(ACTIVATIONS)} or None, got {stem_activation!r}.")
         if not 0 <= dropout < 1:
             raise UsageError(f"dropout must lie in [0, 1), got {dropout!r}.")
         act = ACTIVATIONS[activation]
 
         in_channels = scaled_channels(STEM_CHANNELS, width_mult)
-        layers: list[nn.Module] = [conv_bn_act(3, in_channels, 3, stem_stride, 1, act)]
+        stem_act = ACTIVATIONS[stem_activation or activation]
+        layers: list[nn.Module] = [conv_bn_act(3, in_channels, 3, stem_stride, 1, stem_act)]
         for channels, stride in BLOCKS:
             out_channels = scaled_channels(channels, width_mult)
             layers.append(DepthwiseSeparable(in_channels, out_channels, stride, act))

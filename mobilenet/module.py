@@ -54,6 +54,7 @@ class MobileNetClassifier(LightningModule):
         activation: ``relu`` (the paper) or ``relu6``.
         dropout: Dropout probability before the classifier.
         label_smoothing: Cross-entropy label smoothing; 0 is plain cross-entropy.
+        stem_activation: Activation after the first convolution; None (default) uses ``activation``.
         optimizer: Optimiser class and arguments (default Adam, lr 1e-3, the reference recipe).
         lr_scheduler: Optional learning-rate scheduler class and arguments. A scheduler that takes
             ``total_steps`` (one-cycle) gets the run's number of optimiser steps when the config leaves it out.
@@ -78,6 +79,7 @@ class MobileNetClassifier(LightningModule):
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         no_weight_decay: Sequence[DecayExemption] = (),
         test_time_flip: bool = False,
+        stem_activation: Optional[Literal["relu", "relu6"]] = None,
     ) -> None:
         super().__init__()
         # The optimiser and scheduler are recipe, not model: they live in the run's config.yaml, and leaving
@@ -86,7 +88,7 @@ class MobileNetClassifier(LightningModule):
         # wins over the checkpoint's when a checkpoint is tested (LightningCLI applies saved hyper-parameters).
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "test_time_flip"])
         self.test_time_flip = test_time_flip
-        self.net = MobileNetV1(num_classes, width_mult, stem_stride, activation, dropout)
+        self.net = MobileNetV1(num_classes, width_mult, stem_stride, activation, dropout, stem_activation)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler

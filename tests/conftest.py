@@ -3,8 +3,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fake_cifar import write_cifar10, write_cifar100
+from mobilenet import MobileNetV1
+from mobilenet.cli import build_cli
+from tutorial_net import randomise_batchnorm
 
 # Tests never reach the network and never log to a W&B account.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -58,3 +62,33 @@ def finished_run(tmp_path_factory, cifar10_dir) -> Path:
         os.chdir(previous)
         sys.argv = argv
     return workdir
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, cifar10_dir) -> Path:
+    """A `mobilenet fit` checkpoint (α = 0.25, one batch) whose BatchNorm layers hold random trained-like
+    statistics: after one step they are nearly the identity, which would let a wrong fold pass."""
+    workdir = tmp_path_factory.mktemp("export")
+    args = ["fit", *small_run_args(cifar10_dir), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+            "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setattr(sys, "argv", ["mobilenet"])
+        build_cli(args)
+    path = workdir / "checkpoints" / "cifar10" / "last.ckpt"
+    saved = torch.load(path, weights_only=True)
+    net = MobileNetV1(num_classes=10, width_mult=0.25)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in saved["state_dict"].items() if k.startswith("net.")})
+    randomise_batchnorm(net)
+    saved["state_dict"].update({f"net.{k}": v for k, v in net.state_dict().items()})
+    torch.save(saved, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def onnx_export(checkpoint) -> tuple[Path, list[str]]:
+    """``checkpoint`` exported to ONNX once for the session: the file and what the export reported."""
+    from mobilenet.export import export
+
+    output = checkpoint.parent / "exported" / "model.onnx"
+    return output, export(str(checkpoint), "onnx", output)

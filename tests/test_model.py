@@ -115,3 +115,13 @@ def test_a_few_adam_steps_fit_a_small_batch():
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_stem_activation_can_differ_from_the_blocks():
+    # The reference tutorial's layout: ReLU after the stem, ReLU6 in the 13 blocks.
+    model = MobileNetV1(num_classes=10, activation="relu6", stem_activation="relu")
+    assert type(model.features[0][2]) is nn.ReLU
+    assert all(
+        type(block.depthwise[2]) is nn.ReLU6 and type(block.pointwise[2]) is nn.ReLU6 for block in model.features[1:]
+    )
+    assert type(MobileNetV1(activation="relu6").features[0][2]) is nn.ReLU6  # None follows `activation`

@@ -1,0 +1,1 @@
+"""Measurements of this project (timings are printed and written to JSON, never asserted in tests)."""

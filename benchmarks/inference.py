@@ -1,0 +1,159 @@
+"""CPU inference speed of MobileNetV1 in one run: eager PyTorch, BatchNorm-folded, TorchScript and ONNX Runtime.
+
+    python -m benchmarks.inference                                   # α = 1, 32×32, batches of 1 and 256
+    python -m benchmarks.inference --width_mult 1 0.75 0.5 0.25      # the README's table
+
+Each runtime gets the same random, already normalised float32 batches (preprocessing is not timed) and the
+same number of threads. A measurement is warm-up calls followed by as many timed calls as fit in
+``--seconds`` (at least ``--min_iterations``); images/s is images processed over the time they took.
+Prints a table and writes every figure with the machine's description to ``--json``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from mobilenet import MobileNetV1
+from mobilenet.backends import torchscript_deprecation_silenced
+from mobilenet.folding import fold_batchnorm
+from mobilenet.summary import count_costs
+
+RUNTIMES = ("eager", "bn_folded", "torchscript", "onnxruntime")
+
+
+def prepare(width_mult: float, resolution: int, num_classes: int, threads: int, workdir: Path) -> dict[str, Callable]:
+    """{runtime: function of a float32 batch} for one network, every runtime computing the same function."""
+    net = MobileNetV1(num_classes=num_classes, width_mult=width_mult).eval()
+    folded = fold_batchnorm(net)
+    example = torch.zeros(2, 3, resolution, resolution)
+    with torchscript_deprecation_silenced(), torch.no_grad():
+        scripted = torch.jit.freeze(torch.jit.trace(folded, example))
+
+    import onnxruntime as ort
+
+    path = workdir / f"mobilenet-{width_mult:g}.onnx"
+    torch.onnx.export(
+        folded,
+        (example,),
+        str(path),
+        dynamo=True,  # as mobilenet export does
+        input_names=["images"],
+        dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+        verbose=False,
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def on_torch(module: torch.nn.Module) -> Callable:
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return module(batch)
+
+        return run
+
+    return {
+        "eager": on_torch(net),
+        "bn_folded": on_torch(folded),
+        "torchscript": on_torch(scripted),
+        "onnxruntime": lambda batch: session.run(None, {"images": batch.numpy()})[0],
+    }
+
+
+def images_per_second(run: Callable, batch: torch.Tensor, seconds: float, min_iterations: int, warmup: int) -> float:
+    for _ in range(warmup):
+        run(batch)
+    iterations, start = 0, time.perf_counter()
+    while iterations < min_iterations or time.perf_counter() - start < seconds:
+        run(batch)
+        iterations += 1
+    return iterations * len(batch) / (time.perf_counter() - start)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.splitlines()[0])
+    parser.add_argument("--width_mult", type=float, nargs="+", default=[1.0], help="α values (default 1)")
+    parser.add_argument("--resolution", type=int, default=32, help="input side (default 32, CIFAR)")
+    parser.add_argument("--num_classes", type=int, default=10)
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 256])
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement (default 3)")
+    parser.add_argument("--min_iterations", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (TorchScript optimises on them)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="for every runtime")
+    parser.add_argument("--json", default="benchmarks/results/inference.json", help="where to write the figures")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(0)
+    batches = {n: torch.randn(n, 3, args.resolution, args.resolution, generator=generator) for n in args.batch_sizes}
+    rows = []
+    progress = tqdm(total=len(args.width_mult) * len(RUNTIMES) * len(batches), desc="measuring", unit="run")
+    with tempfile.TemporaryDirectory() as workdir:
+        for width_mult in args.width_mult:
+            runtimes = prepare(width_mult, args.resolution, args.num_classes, args.threads, Path(workdir))
+            costs = count_costs(MobileNetV1(num_classes=args.num_classes, width_mult=width_mult), args.resolution)
+            for runtime, run in runtimes.items():
+                for size, batch in batches.items():
+                    speed = images_per_second(run, batch, args.seconds, args.min_iterations, args.warmup)
+                    rows.append(
+                        {
+                            "width_mult": width_mult,
+                            "mult_adds_millions": sum(c.mult_adds for c in costs) / 1e6,
+                            "weights_millions": sum(c.weights for c in costs) / 1e6,
+                            "runtime": runtime,
+                            "batch_size": size,
+                            "images_per_second": speed,
+                        }
+                    )
+                    progress.update()
+    progress.close()
+
+    sizes = args.batch_sizes
+    header = f"{'α':>5} {'M mult-adds':>12} {'M params':>9} {'runtime':<12}" + "".join(
+        f"{f'batch {n} img/s':>17}" for n in sizes
+    )
+    load = os.getloadavg()[0]  # other processes' work skews every figure; threads > free cores most of all
+    print(
+        f"\nCPU inference, {args.resolution}×{args.resolution} input, {args.num_classes} classes, "
+        f"{args.threads} threads ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {load:.1f} at the end)"
+    )
+    print(header)
+    for width_mult in args.width_mult:
+        for runtime in RUNTIMES:
+            row = {r["batch_size"]: r for r in rows if r["width_mult"] == width_mult and r["runtime"] == runtime}
+            speeds = "".join(f"{row[n]['images_per_second']:>17,.0f}" for n in sizes)
+            first = row[sizes[0]]
+            print(
+                f"{width_mult:>5g} {first['mult_adds_millions']:>12.2f} {first['weights_millions']:>9.3f} "
+                f"{runtime:<12}{speeds}"
+            )
+    result = {
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_1min": load,
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+        "results": rows,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"Wrote {args.json}.")
+    return result
+
+
+if __name__ == "__main__":
+    main()

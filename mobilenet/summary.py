@@ -1,0 +1,163 @@
+"""`mobilenet summary`: parameters and multiply-adds of a MobileNetV1 configuration, counted from its modules.
+
+The counts come from forward hooks on a real forward pass, so they follow whatever the network computes at
+the given resolution; nothing here knows the expected numbers. Conventions are the paper's (Howard et al.,
+2017, Tables 2, 6 and 7):
+
+- a convolution costs (output pixels) × (output channels) × (input channels per group) × k × k mult-adds;
+  a fully connected layer in × out;
+- parameters are the layers' weights (convolution kernels and the fully connected matrix). Biases and
+  BatchNorm's scale and shift are left out, as the paper's shares only add up that way; they add 0.5% at
+  α = 1 and are printed on a separate line.
+"""
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from mobilenet.errors import UsageError
+from mobilenet.model import MobileNetV1
+
+# The paper's Table 2 rows, in its order.
+LAYER_TYPES = ("standard 3×3 conv", "depthwise 3×3 conv", "pointwise 1×1 conv", "fully connected")
+DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+@dataclass
+class LayerCost:
+    name: str
+    kind: str  # one of LAYER_TYPES
+    output_shape: tuple[int, ...]  # one image's (C, H, W) or (features,)
+    mult_adds: int
+    weights: int
+
+
+def layer_type(module: nn.Module) -> Optional[str]:
+    if isinstance(module, nn.Linear):
+        return LAYER_TYPES[3]
+    if not isinstance(module, nn.Conv2d):
+        return None
+    if module.groups > 1 and module.groups == module.in_channels:
+        return LAYER_TYPES[1]
+    if module.kernel_size == (1, 1):
+        return LAYER_TYPES[2]
+    return LAYER_TYPES[0]
+
+
+def count_costs(net: nn.Module, resolution: int) -> list[LayerCost]:
+    """One ``LayerCost`` per convolution and linear layer of ``net``, in execution order, for one image."""
+    costs: list[LayerCost] = []
+
+    def record(name: str, kind: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if isinstance(module, nn.Conv2d):
+                kh, kw = module.kernel_size
+                per_output = module.in_channels // module.groups * kh * kw
+            else:
+                per_output = module.in_features
+            costs.append(
+                LayerCost(name, kind, tuple(output.shape[1:]), output[0].numel() * per_output, module.weight.numel())
+            )
+
+        return hook
+
+    handles = [
+        module.register_forward_hook(record(name, kind))
+        for name, module in net.named_modules()
+        if (kind := layer_type(module)) is not None
+    ]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, resolution, resolution))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return costs
+
+
+def totals_by_type(costs: list[LayerCost]) -> dict[str, tuple[int, int]]:
+    """{layer type: (mult-adds, weights)} over ``LAYER_TYPES``, zeros included."""
+    return {
+        kind: (sum(c.mult_adds for c in costs if c.kind == kind), sum(c.weights for c in costs if c.kind == kind))
+        for kind in LAYER_TYPES
+    }
+
+
+def describe(net: MobileNetV1, resolution: int, per_layer: bool = False) -> str:
+    """The cost table (the layout of the paper's Table 2) with totals in millions, optionally every layer."""
+    costs = count_costs(net, resolution)
+    by_type = totals_by_type(costs)
+    total_ma = sum(ma for ma, _ in by_type.values())
+    total_w = sum(w for _, w in by_type.values())
+    all_params = sum(p.numel() for p in net.parameters())
+    lines = []
+    if per_layer:
+        lines.append(f"{'layer':<28}{'type':<21}{'output C×H×W':>16}{'mult-adds':>14}{'parameters':>12}")
+        for c in costs:
+            shape = "×".join(map(str, c.output_shape))
+            lines.append(f"{c.name:<28}{c.kind:<21}{shape:>16}{c.mult_adds:>14,}{c.weights:>12,}")
+        lines.append("")
+    lines.append(f"{'type':<21}{'mult-adds':>12}{'share':>9}{'parameters':>13}{'share':>9}")
+    for kind, (ma, w) in by_type.items():
+        lines.append(f"{kind:<21}{ma / 1e6:>10.2f} M{ma / total_ma:>9.2%}{w / 1e6:>11.3f} M{w / total_w:>9.2%}")
+    lines.append(f"{'total':<21}{total_ma / 1e6:>10.2f} M{'':>9}{total_w / 1e6:>11.3f} M")
+    lines.append(
+        f"Parameters count the layers' weights, as the paper does; with biases and BatchNorm the network has "
+        f"{all_params / 1e6:.3f} M ({all_params:,})."
+    )
+    return "\n".join(lines)
+
+
+def model_from_config(path: str) -> tuple[dict, int]:
+    """MobileNetV1 arguments and the input resolution a training config (``configs/*.yaml``) describes."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UsageError(f"--config '{path}' could not be read as a YAML training config ({err}).") from err
+    model, data = config.get("model") or {}, config.get("data") or {}
+    dataset = data.get("dataset", "cifar10")
+    if dataset not in DATASET_CLASSES:
+        raise UsageError(f"--config '{path}' names dataset {dataset!r}; expected one of {sorted(DATASET_CLASSES)}.")
+    kwargs = {
+        "num_classes": DATASET_CLASSES[dataset],
+        **{k: model[k] for k in ("width_mult", "stem_stride", "activation", "stem_activation") if k in model},
+    }
+    return kwargs, int(data.get("resolution", 32))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="mobilenet summary",
+        description="Parameters and multiply-adds of MobileNetV1, in total and by layer type (the paper's Table 2). "
+        "Options not given take the CIFAR defaults, or the values of --config.",
+    )
+    parser.add_argument("--config", help="a training config (e.g. configs/cifar10.yaml) whose model to describe")
+    parser.add_argument("--width_mult", type=float, help="α (default 1.0)")
+    parser.add_argument("--resolution", type=int, help="input side in pixels (default 32)")
+    parser.add_argument("--stem_stride", type=int, choices=(1, 2), help="1 for CIFAR (default), 2 for ImageNet")
+    parser.add_argument("--num_classes", type=int, help="default 10")
+    parser.add_argument("--per_layer", action="store_true", help="also list every convolution and linear layer")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    kwargs, resolution = model_from_config(args.config) if args.config else ({}, 32)
+    for key in ("width_mult", "stem_stride", "num_classes"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    resolution = args.resolution if args.resolution is not None else resolution
+    net = MobileNetV1(**kwargs)
+    if resolution < 1:
+        raise UsageError(f"--resolution must be a positive number of pixels, got {resolution}.")
+    stem = "stride-2 stem" if net.features[0][0].stride == (2, 2) else "stride-1 stem"
+    width = kwargs.get("width_mult", 1.0)
+    print(f"MobileNetV1 α={width:g}, {resolution}×{resolution} input, {stem}, {net.classifier.out_features} classes")
+    print(describe(net, resolution, args.per_layer))
+    return 0

@@ -1,0 +1,104 @@
+"""`mobilenet import-tutorial`: the reference tutorial's weights become a checkpoint with the same function."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CONFIGS
+from mobilenet import MobileNetV1, export
+from mobilenet.backends import load_checkpoint_network
+from mobilenet.cli import build_cli
+from mobilenet.errors import UsageError
+from mobilenet.tutorial import convert_state_dict
+from tutorial_net import TutorialMobileNet, randomise_batchnorm
+
+MOBILENET = str(Path(sys.executable).parent / "mobilenet")
+
+
+def tutorial_net(bias: bool = False, seed: int = 0) -> TutorialMobileNet:
+    torch.manual_seed(seed)
+    return randomise_batchnorm(TutorialMobileNet(num_classes=10, bias=bias), seed)
+
+
+def converted(state_dict: dict) -> MobileNetV1:
+    weights, model = convert_state_dict(state_dict)
+    net = MobileNetV1(**model)
+    net.load_state_dict(weights)
+    return net.eval()
+
+
+@pytest.mark.parametrize("bias", (False, True), ids=("bias-free convs", "convs with bias"))
+def test_converted_network_computes_the_tutorials_logits(bias):
+    theirs = tutorial_net(bias)
+    ours = converted(theirs.state_dict())
+    images = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = theirs(images)
+        assert expected.std(dim=0).mean() > 0.05, "logits that ignore the image would make this test empty"
+        # Folding a bias into the running mean reorders float additions over 27 layers: measured 3e-5.
+        assert (ours(images) - expected).abs().max() < (1e-4 if bias else 1e-5)
+
+
+def test_the_comparison_would_notice_relu_in_place_of_relu6():
+    # Guards the test above: with these weights ReLU6's clipping changes the logits, so a conversion that
+    # lost the tutorial's activations could not pass it.
+    theirs = tutorial_net()
+    weights, model = convert_state_dict(theirs.state_dict())
+    wrong = MobileNetV1(**{**model, "activation": "relu", "stem_activation": "relu"})
+    wrong.load_state_dict(weights)
+    images = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        assert (wrong.eval()(images) - theirs(images)).abs().max() > 1e-3
+
+
+def test_wrong_and_missing_keys_are_listed():
+    state = tutorial_net().state_dict()
+    del state["layers.3.pointConv.1.running_var"]
+    del state["linear.bias"]
+    state["fc.weight"] = torch.zeros(10, 1024)
+    with pytest.raises(UsageError) as error:
+        convert_state_dict(state)
+    message = str(error.value)
+    assert "missing 2: layers.3.pointConv.1.running_var, linear.bias" in message
+    assert "unexpected 1: fc.weight" in message
+
+
+def test_wrongly_shaped_tensors_are_listed():
+    state = tutorial_net().state_dict()
+    state["layers.5.depthConv.0.weight"] = torch.zeros(100, 1, 3, 3)
+    with pytest.raises(
+        UsageError, match=r"layers\.5\.depthConv\.0\.weight \(100, 1, 3, 3\) \(expected \(256, 1, 3, 3\)\)"
+    ):
+        convert_state_dict(state)
+
+
+@pytest.mark.slow
+def test_imported_checkpoint_works_with_test_predict_and_export(tmp_path, cifar10_dir, in_tmp):
+    theirs = tutorial_net()
+    # Saved the way kuangliu-style training scripts do: wrapped, with DataParallel's prefix.
+    torch.save({"net": {f"module.{k}": v for k, v in theirs.state_dict().items()}, "acc": 85.46}, "tutorial.pth")
+    result = subprocess.run(
+        [MOBILENET, "import-tutorial", "tutorial.pth", "--output", "imported.ckpt", "--data_dir", str(cifar10_dir)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Wrote imported.ckpt: MobileNetV1 α = 1, 10 classes (cifar10)" in result.stdout
+
+    net, metadata = load_checkpoint_network("imported.ckpt")
+    assert metadata["class_names"][:2] == ["airplane", "automobile"] and metadata["resolution"] == 32
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert (net(images) - theirs(images)).abs().max() < 1e-5
+
+    data = ["--config", str(CONFIGS / "cifar10.yaml"), "--data.data_dir", str(cifar10_dir), "--data.verify", "false",
+            "--data.download", "false", "--data.val_size", "20", "--ckpt_path", "imported.ckpt",
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    tested = build_cli(["test", *data])
+    assert 0 <= tested.trainer.callback_metrics["test/acc"] <= 1
+    build_cli(["predict", *data])
+    assert len(list(Path("logs").rglob("predictions.csv"))) == 1
+    report = export.export("imported.ckpt", "state_dict", Path("imported.pth"))
+    assert any("state_dict reloaded into MobileNetV1: max |Δlogit| = 0.00e+00" in line for line in report)
