@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from mobilenet.checkpoint_io import AtomicCheckpointIO
 from mobilenet.data import CIFARDataModule
+from mobilenet.divergence import StopOnNonFiniteLoss
 from mobilenet.errors import UsageError
 from mobilenet.module import MobileNetClassifier
 from mobilenet.predictions import PredictionWriter
@@ -22,8 +25,10 @@ from mobilenet.runs import (
     LOG_ROOT,
     adopt_checkpoint_data,
     last_checkpoint,
+    note_model_from_checkpoint,
     read_checkpoint,
     refuse_to_mix,
+    remove_if_empty,
     resolve_checkpoint,
     run_name_from,
 )
@@ -115,14 +120,33 @@ class MobileNetCLI(LightningCLI):
         if subcommand == "fit":
             refuse_to_mix(run_dir, config.run_name, config.ckpt_path)
         if config.ckpt_path:
-            adopt_checkpoint_data(config.data, read_checkpoint(config.ckpt_path))
+            checkpoint = read_checkpoint(config.ckpt_path)
+            adopt_checkpoint_data(config.data, checkpoint)
+            note_model_from_checkpoint(config.model, checkpoint)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         # Last in the list, so that last.ckpt is written after the best-checkpoint callback has updated the
         # state it stores: a resume then still knows which file is the best so far.
         trainer.callbacks.append(last_checkpoint(self._get(self.config, "checkpoint").dirpath))
+        trainer.callbacks.append(StopOnNonFiniteLoss())
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin is left alone
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # Loggers create their version folder before the data is set up; a run that fails before it records
+        # anything (a bad val_size, an unreadable file) should not leave an empty version_<n> behind.
+        log_dirs = [Path(logger.log_dir) for logger in self.trainer.loggers if hasattr(logger, "log_dir")]
+        existing = {path for path in log_dirs if path.exists()}
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if self.trainer.is_global_zero:
+                for path in log_dirs:
+                    if path not in existing:
+                        remove_if_empty(path)
+            raise
 
 
 def build_cli(args: Optional[list[str]] = None, run: bool = True) -> MobileNetCLI:
