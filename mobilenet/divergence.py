@@ -1,5 +1,6 @@
 """Stops training at the first non-finite loss, before weights that hold nan or inf can reach a checkpoint."""
 
+import os
 from pathlib import Path
 
 import torch
@@ -12,7 +13,12 @@ from mobilenet.errors import UsageError
 def saved_checkpoints(trainer: Trainer) -> list[str]:
     callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
     folders = {Path(cb.dirpath) for cb in callbacks}
-    return sorted(str(path) for folder in folders for path in folder.glob("*.ckpt"))
+    # Shown relative to the working folder when inside it: the way the user named the run folder.
+    return sorted(
+        os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+        for folder in folders
+        for path in folder.glob("*.ckpt")
+    )
 
 
 class StopOnNonFiniteLoss(Callback):

@@ -110,7 +110,7 @@ def read_checkpoint(path: str) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated zip, not a torch file at all: one answer for all
         if UNSAFE_OBJECT in str(err):  # weights_only refused an object: say so instead of torch's long advice
-            refused = str(err).split(UNSAFE_OBJECT)[1].splitlines()[0].strip()
+            refused = str(err).split(UNSAFE_OBJECT)[1].split(" was not an allowed global")[0].strip()
             raise UsageError(
                 f"'{path}' holds Python objects other than tensors and plain data ({refused}); it is not loaded, "
                 f"because unpickling such objects can run arbitrary code. Checkpoints written by `mobilenet fit` "
