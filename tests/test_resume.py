@@ -68,9 +68,12 @@ def test_resuming_gives_the_weights_and_metrics_of_an_uninterrupted_run(in_tmp, 
 def test_evaluation_uses_the_data_settings_the_checkpoint_was_trained_with(in_tmp, cifar10_dir, capsys):
     run("fit", cifar10_dir, "--trainer.max_epochs", "1", "--data.resolution", "40", "--data.split_seed", "7")
     capsys.readouterr()
-    tested = run("test", cifar10_dir)  # the config says resolution 32 and split_seed 0
+    tested = run("test", cifar10_dir, "--model.width_mult", "0.5")  # the config says resolution 32, split_seed 0
     assert tested.datamodule.resolution == 40 and tested.datamodule.split_seed == 7
-    assert "Using the checkpoint's data settings: resolution=40 (the config said 32)" in capsys.readouterr().out
+    assert tested.model.hparams.width_mult == 0.25, "the network's shape comes from the checkpoint"
+    printed = capsys.readouterr().out
+    assert "Using the checkpoint's data settings: resolution=40 (the config said 32)" in printed
+    assert "Using the checkpoint's model settings: width_mult=0.25 (the config said 0.5)" in printed
 
 
 def test_a_checkpoint_for_another_number_of_classes_is_refused(in_tmp, cifar10_dir, cifar100_dir):
