@@ -52,3 +52,15 @@ def test_ddp_trains_disjoint_shards_reduces_validation_and_writes_one_set_of_che
     printed = {line.split()[0]: float(line.split()[1]) for line in single.stdout.splitlines() if "val/" in line}
     assert float(logged["val/acc"]) == pytest.approx(printed["val/acc"], abs=1e-6)
     assert float(logged["val/loss"]) == pytest.approx(printed["val/loss"], rel=1e-4)
+
+    # predict under DDP: one CSV with every test image once, in dataset order, as one process writes it.
+    ddp_predict = mobilenet("predict", *args, *ddp[:-1], "--ckpt_path", "last", cwd=tmp_path)
+    assert ddp_predict.returncode == 0, ddp_predict.stderr
+    one_predict = mobilenet("predict", *args, "--ckpt_path", "last", cwd=tmp_path)
+    assert one_predict.returncode == 0, one_predict.stderr
+    ddp_csv, one_csv = (tmp_path / r.stdout.split("Wrote 30 predictions to ")[1].split(" (")[0]
+                        for r in (ddp_predict, one_predict))  # fmt: skip
+    ddp_rows, one_rows = csv_rows(ddp_csv), csv_rows(one_csv)
+    assert [row["index"] for row in ddp_rows] == [str(i) for i in range(30)]
+    assert [(r["label"], r["prediction"]) for r in ddp_rows] == [(r["label"], r["prediction"]) for r in one_rows]
+    assert [path.name for path in ddp_csv.parent.iterdir() if path.name.startswith("predictions")] == [ddp_csv.name]
