@@ -17,7 +17,7 @@ from fake_cifar import write_archive, write_cifar100
 from mobilenet.checkpoint_io import PARTIAL_MARK
 from mobilenet.cli import main
 
-STEPS_PER_EPOCH = 5  # 80 training images in batches of 16
+SHORT_EPOCH = 3  # training batches per epoch where a test needs only a few (--trainer.limit_train_batches)
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
@@ -220,6 +220,7 @@ def test_bad_input_is_explained_and_nothing_is_lost(
     assert not (tmp_path / "code-ran").exists(), "loading a checkpoint ran code stored in it"
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_training_names_the_step_and_keeps_the_last_good_checkpoint(
     workdir, cifar10_dir, monkeypatch, capsys
 ):
@@ -228,20 +229,22 @@ def test_a_non_finite_loss_stops_training_names_the_step_and_keeps_the_last_good
     before = snapshot(workdir)
     # Epoch 0 trains at lr 1e-3; the scheduler then multiplies it by 1e30, which overflows within epoch 1.
     explode = ["--model.lr_scheduler", "torch.optim.lr_scheduler.ExponentialLR", "--model.lr_scheduler.gamma", "1e30"]
+    short = ["--trainer.limit_train_batches", str(SHORT_EPOCH), "--trainer.limit_val_batches", "1"]
     message = fails("fit", *small_run_args(cifar10_dir), "--run_name", "diverges", "--trainer.max_epochs", "3",
-                    *explode, capsys=capsys)  # fmt: skip
+                    *explode, *short, capsys=capsys)  # fmt: skip
     assert "Traceback" not in message
     assert "The training loss became nan at step" in message and "(epoch 1, batch" in message
     step = int(message.split("at step ")[1].split()[0])
-    assert STEPS_PER_EPOCH < step <= 2 * STEPS_PER_EPOCH
+    assert SHORT_EPOCH < step <= 2 * SHORT_EPOCH
     assert "checkpoints/diverges/last.ckpt" in message and "--ckpt_path last" in message
     last = torch.load(workdir / "checkpoints/diverges/last.ckpt", weights_only=True, map_location="cpu")
-    assert last["global_step"] == STEPS_PER_EPOCH, "last.ckpt must still be the end of the last good epoch"
+    assert last["global_step"] == SHORT_EPOCH, "last.ckpt must still be the end of the last good epoch"
     assert all(torch.isfinite(value).all() for value in last["state_dict"].values())
     assert "val/acc" in (workdir / "logs/diverges/version_0/metrics.csv").read_text(), "epoch 0's metrics kept"
     assert all(snapshot(workdir)[path] == digest for path, digest in before.items())
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoints(workdir, cifar10_dir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     monkeypatch.setattr(sys, "argv", ["mobilenet"])
@@ -252,8 +255,9 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoints(workdir, cifar1
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(mobilenet.checkpoint_io.torch, "save", disk_fills_up)
+    one_step = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
     message = fails("fit", *small_run_args(cifar10_dir), "--ckpt_path", "last", "--trainer.max_epochs", "2",
-                    capsys=capsys)  # fmt: skip
+                    *one_step, capsys=capsys)  # fmt: skip
     assert "Traceback" not in message
     assert "Could not save the checkpoint" in message and "the disk is full" in message
     assert "--ckpt_path last" in message
