@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from mobilenet.checkpoint_io import AtomicCheckpointIO
 from mobilenet.data import BatchedDataModule
+from mobilenet.divergence import StopOnNonFiniteLoss
 from mobilenet.errors import UsageError
 from mobilenet.module import MobileNetClassifier
 from mobilenet.predictions import PredictionWriter
@@ -22,8 +25,10 @@ from mobilenet.runs import (
     LOG_ROOT,
     adopt_checkpoint_data,
     last_checkpoint,
+    note_model_from_checkpoint,
     read_checkpoint,
     refuse_to_mix,
+    remove_if_empty,
     resolve_checkpoint,
     run_name_from,
 )
@@ -132,6 +137,7 @@ class MobileNetCLI(LightningCLI):
                 for logger in loggers:
                     if is_wandb_logger(logger.class_path) and logger.init_args.get("id") is None:
                         logger.init_args.id = checkpoint[RUN_ID_KEY]
+            note_model_from_checkpoint(config.model, checkpoint)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -139,7 +145,24 @@ class MobileNetCLI(LightningCLI):
         # state it stores: a resume then still knows which file is the best so far.
         trainer.callbacks.append(last_checkpoint(self._get(self.config, "checkpoint").dirpath))
         trainer.callbacks.extend(WandbRunCallback(logger) for logger in wandb_loggers(trainer))
+        trainer.callbacks.append(StopOnNonFiniteLoss())
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin is left alone
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # Loggers create their version folder before the data is set up; a run that fails before it records
+        # anything (a bad val_size, an unreadable file) should not leave an empty version_<n> behind.
+        log_dirs = [Path(logger.log_dir) for logger in self.trainer.loggers if hasattr(logger, "log_dir")]
+        existing = {path for path in log_dirs if path.exists()}
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if self.trainer.is_global_zero:
+                for path in log_dirs:
+                    if path not in existing:
+                        remove_if_empty(path)
+            raise
 
 
 def build_cli(args: Optional[list[str]] = None, run: bool = True) -> MobileNetCLI:

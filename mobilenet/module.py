@@ -154,6 +154,18 @@ class MobileNetClassifier(LightningModule):
         confidence, prediction = probabilities.max(dim=1)
         return {"prediction": prediction, "confidence": confidence, "label": labels}
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse weights of another shape with a sentence, before Lightning's long ``load_state_dict`` error."""
+        own = self.state_dict()
+        for key, saved in checkpoint.get("state_dict", {}).items():
+            if key in own and saved.shape != own[key].shape:
+                raise UsageError(
+                    f"The checkpoint's weights do not fit this network: {key} is {tuple(saved.shape)} in the "
+                    f"checkpoint but {tuple(own[key].shape)} here (num_classes={self.hparams.num_classes}, "
+                    f"width_mult={self.hparams.width_mult}). It was trained with another number of classes or "
+                    f"another --model.width_mult; set them as it was trained, or pick another checkpoint."
+                )
+
     def on_train_epoch_start(self) -> None:
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
 

@@ -7,6 +7,7 @@ epoch, plus the ``best-….ckpt`` with the highest ``val/acc``) and its CSV logs
 
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,6 +26,13 @@ ALIASES = ("last", "best")
 # What the checkpoint was trained and validated on wins over the config when evaluating or resuming it:
 # another resolution or split would measure something else (or validate on training images).
 DATA_FROM_CHECKPOINT = ("dataset", "resolution", "val_size", "split_seed")
+# The network's shape always comes from the checkpoint (LightningCLI reads its hyper-parameters); these are
+# the settings a user may have changed on the command line expecting them to apply.
+MODEL_FROM_CHECKPOINT = ("width_mult", "stem_stride", "activation", "dropout", "label_smoothing")
+# How torch's weights_only loader names an object it refuses ("Unsupported global: GLOBAL os.system").
+UNSAFE_OBJECT = "Unsupported global:"
+# What a run leaves in its log folder before it has recorded anything.
+UNRECORDED_LOG_FILES = {"config.yaml", "hparams.yaml"}
 SCORE_IN_NAME = re.compile(r"val_acc=(\d+(?:\.\d+)?)")
 
 
@@ -100,7 +108,14 @@ def read_checkpoint(path: str) -> dict:
     try:
         # mmap: only the parts read here (hyper-parameters) come off the disk; the Trainer loads the weights.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # truncated zip, foreign pickle, not a torch file at all: one answer for all
+    except Exception as err:  # truncated zip, not a torch file at all: one answer for all
+        if UNSAFE_OBJECT in str(err):  # weights_only refused an object: say so instead of torch's long advice
+            refused = str(err).split(UNSAFE_OBJECT)[1].split(" was not an allowed global")[0].strip()
+            raise UsageError(
+                f"'{path}' holds Python objects other than tensors and plain data ({refused}); it is not loaded, "
+                f"because unpickling such objects can run arbitrary code. Checkpoints written by `mobilenet fit` "
+                f"never contain them: use one of those."
+            ) from err
         raise UsageError(
             f"'{path}' could not be read as a checkpoint ({type(err).__name__}: {err}). It may be truncated by an "
             f"interrupted copy or not be a checkpoint written by `mobilenet fit`; pick another file, or 'last' / "
@@ -148,3 +163,23 @@ def adopt_checkpoint_data(data, checkpoint: dict) -> None:
             f"The checkpoint was trained for {trained_for} classes but --data.dataset {data.dataset} has "
             f"{NUM_CLASSES[data.dataset]}. Use the dataset it was trained on, or another checkpoint."
         )
+
+
+def note_model_from_checkpoint(model, checkpoint: dict) -> None:
+    """Say which network settings of the config give way to the checkpoint's (LightningCLI applies them)."""
+    saved = checkpoint.get("hyper_parameters") or {}
+    changed = [
+        f"{key}={saved[key]} (the config said {model[key]})"
+        for key in MODEL_FROM_CHECKPOINT
+        if key in saved and key in model and model[key] != saved[key]
+    ]
+    if changed:
+        print("Using the checkpoint's model settings: " + ", ".join(changed) + ".")
+
+
+def remove_if_empty(log_dir: Path) -> None:
+    """Delete a log folder that holds nothing but the run's configuration (a run that failed before logging)."""
+    if log_dir.is_dir() and {path.name for path in log_dir.iterdir()} <= UNRECORDED_LOG_FILES:
+        shutil.rmtree(log_dir)
+        if not any(log_dir.parent.iterdir()):  # logs/<run>/ of a run that never logged anything
+            log_dir.parent.rmdir()

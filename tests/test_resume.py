@@ -1,5 +1,6 @@
 """Checkpoints a run can be resumed and evaluated from: kept current, exact on resume, read safely."""
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -38,23 +39,41 @@ def test_a_resumed_run_still_knows_its_best_checkpoint(in_tmp, cifar10_dir):
     assert load(run_dir / "last.ckpt")["global_step"] == 3 * STEPS_PER_EPOCH
 
 
-def test_resuming_gives_the_weights_of_an_uninterrupted_run(in_tmp, cifar10_dir):
-    straight = run("fit", cifar10_dir, "--trainer.max_epochs", "2", "--run_name", "straight")
-    run("fit", cifar10_dir, "--trainer.max_epochs", "1", "--run_name", "interrupted")
-    resumed = run("fit", cifar10_dir, "--trainer.max_epochs", "2", "--run_name", "interrupted", "--ckpt_path", "last")
+def metric_rows(path: Path) -> list[dict]:
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+def test_resuming_gives_the_weights_and_metrics_of_an_uninterrupted_run(in_tmp, cifar10_dir):
+    exact = ("--trainer.deterministic", "true", "--trainer.log_every_n_steps", "1")
+    straight = run("fit", cifar10_dir, "--trainer.max_epochs", "2", "--run_name", "straight", *exact)
+    run("fit", cifar10_dir, "--trainer.max_epochs", "1", "--run_name", "interrupted", *exact)
+    resumed = run(
+        "fit", cifar10_dir, "--trainer.max_epochs", "2", "--run_name", "interrupted", "--ckpt_path", "last", *exact
+    )
     a = load(in_tmp / "checkpoints" / "straight" / "last.ckpt")["state_dict"]
     b = load(in_tmp / "checkpoints" / "interrupted" / "last.ckpt")["state_dict"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[key], b[key]) for key in a), "resumed weights differ from the uninterrupted run's"
     assert resumed.trainer.callback_metrics["val/acc"] == straight.trainer.callback_metrics["val/acc"]
+    # Every logged value, step by step: epoch 0 from the first part, epoch 1 from the resumed part.
+    logs = in_tmp / "logs"
+    uninterrupted = metric_rows(logs / "straight" / "version_0" / "metrics.csv")
+    in_two_parts = [*metric_rows(logs / "interrupted" / "version_0" / "metrics.csv"),
+                    *metric_rows(logs / "interrupted" / "version_1" / "metrics.csv")]  # fmt: skip
+    assert len(uninterrupted) > 2 * STEPS_PER_EPOCH
+    assert in_two_parts == uninterrupted
 
 
 def test_evaluation_uses_the_data_settings_the_checkpoint_was_trained_with(in_tmp, cifar10_dir, capsys):
     run("fit", cifar10_dir, "--trainer.max_epochs", "1", "--data.resolution", "40", "--data.split_seed", "7")
     capsys.readouterr()
-    tested = run("test", cifar10_dir)  # the config says resolution 32 and split_seed 0
+    tested = run("test", cifar10_dir, "--model.width_mult", "0.5")  # the config says resolution 32, split_seed 0
     assert tested.datamodule.resolution == 40 and tested.datamodule.split_seed == 7
-    assert "Using the checkpoint's data settings: resolution=40 (the config said 32)" in capsys.readouterr().out
+    assert tested.model.hparams.width_mult == 0.25, "the network's shape comes from the checkpoint"
+    printed = capsys.readouterr().out
+    assert "Using the checkpoint's data settings: resolution=40 (the config said 32)" in printed
+    assert "Using the checkpoint's model settings: width_mult=0.25 (the config said 0.5)" in printed
 
 
 def test_a_checkpoint_for_another_number_of_classes_is_refused(in_tmp, cifar10_dir, cifar100_dir):

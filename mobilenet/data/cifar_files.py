@@ -4,6 +4,7 @@ URLs, file names and checksums come from torchvision's own CIFAR classes, so the
 A full read of CIFAR-10 is 60,000 × 3 × 32 × 32 bytes = 184 MB and takes about a second.
 """
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,9 @@ IMAGE_SHAPE = (3, 32, 32)
 
 def not_found_message(spec: CifarSpec, root: Path, missing: list[str], reason: str) -> str:
     folder = root / spec.source.base_folder
+    where = "is incomplete in" if folder.is_dir() else "is not in"
     return (
-        f"{spec.title} is not in '{root}' and {reason}. Expected either the extracted folder '{folder}' "
+        f"{spec.title} {where} '{root}' and {reason}. Expected either the extracted folder '{folder}' "
         f"(missing: {', '.join(missing)}) or the official archive '{root / spec.source.filename}', "
         f"which you can download from {spec.source.url} on a machine with internet access and copy there. "
         f"To use data stored elsewhere, point --data.data_dir at the folder that holds it."
@@ -59,8 +61,19 @@ def ensure_available(dataset: str, root: str | Path, download: bool = True, veri
     """
     spec = SPECS[dataset]
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UsageError(
+            f"--data.data_dir '{root}' is a file, not a folder. Point it at the folder that holds (or should "
+            f"receive) {spec.title}: the extracted '{spec.source.base_folder}' or the archive '{spec.source.filename}'."
+        )
     folder = root / spec.source.base_folder
     missing = [name for name, _ in spec.checksums if not (folder / name).is_file()]
+    if missing and root.is_dir() and not os.access(root, os.W_OK):
+        raise UsageError(
+            f"--data.data_dir '{root}' is not writable, and {spec.title} must be downloaded or extracted there "
+            f"(missing: {', '.join(missing)}). Extract '{spec.source.filename}' there with write access once, or "
+            f"point --data.data_dir at a writable folder."
+        )
     if missing:
         archive = root / spec.source.filename
         archive_md5 = spec.source.tgz_md5 if verify else None
@@ -97,11 +110,18 @@ def ensure_available(dataset: str, root: str | Path, download: bool = True, veri
     return folder
 
 
-def load_pickle(path: Path) -> dict:
+def load_pickle(path: Path, spec: CifarSpec) -> dict:
     # latin1 reads the original Python 2 pickles with str keys, as torchvision does. These files are pickles:
     # only load archives you trust (the md5 check above guards the official ones).
-    with open(path, "rb") as file:
-        return pickle.load(file, encoding="latin1")
+    try:
+        with open(path, "rb") as file:
+            return pickle.load(file, encoding="latin1")
+    except Exception as err:  # EOFError when truncated, UnpicklingError / ValueError when garbled
+        raise UsageError(
+            f"'{path}' could not be read ({type(err).__name__}: {err}): it is truncated or corrupt. Replace it with "
+            f"the file from the official {spec.title} archive ({spec.source.url}), or delete '{path.parent}' so "
+            f"that the archive is extracted again."
+        ) from err
 
 
 def read_split(folder: Path, dataset: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +129,7 @@ def read_split(folder: Path, dataset: str, train: bool) -> tuple[torch.Tensor, t
     spec = SPECS[dataset]
     images, labels = [], []
     for name in spec.split_files(train):
-        entry = load_pickle(folder / name)
+        entry = load_pickle(folder / name, spec)
         data = np.asarray(entry.get("data", []), dtype=np.uint8) if isinstance(entry, dict) else np.empty(0)
         if data.ndim != 2 or data.shape[1] != np.prod(IMAGE_SHAPE) or len(entry.get(spec.label_key, ())) != len(data):
             raise UsageError(
@@ -122,5 +142,6 @@ def read_split(folder: Path, dataset: str, train: bool) -> tuple[torch.Tensor, t
 
 
 def read_class_names(folder: Path, dataset: str) -> list[str]:
-    meta = SPECS[dataset].source.meta
-    return list(load_pickle(folder / meta["filename"])[meta["key"]])
+    spec = SPECS[dataset]
+    meta = spec.source.meta
+    return list(load_pickle(folder / meta["filename"], spec)[meta["key"]])
