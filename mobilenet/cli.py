@@ -185,6 +185,14 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> MobileNetCL
     )
 
 
+def usage_error_in(err: BaseException) -> Optional[UsageError]:
+    """The UsageError behind ``err``: jsonargparse wraps errors raised while it instantiates ``--data``'s class
+    (a subclass type) in a ValueError of its own, raised ``from`` the original."""
+    while err is not None and not isinstance(err, UsageError):
+        err = err.__cause__
+    return err
+
+
 def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     try:
@@ -192,8 +200,11 @@ def main(args: Optional[list[str]] = None) -> None:
             module_name, _ = EXTRA_COMMANDS[argv[0]]
             sys.exit(importlib.import_module(module_name).main(argv[1:]))
         build_cli(args)
-    except UsageError as err:
-        sys.exit(f"mobilenet: error: {err}")
+    except ValueError as err:  # UsageError is a ValueError
+        usage_error = usage_error_in(err)
+        if usage_error is None:
+            raise
+        sys.exit(f"mobilenet: error: {usage_error}")
 
 
 if __name__ == "__main__":
