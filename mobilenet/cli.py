@@ -153,7 +153,8 @@ class MobileNetCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         # Loggers create their version folder before the data is set up; a run that fails before it records
         # anything (a bad val_size, an unreadable file) should not leave an empty version_<n> behind.
-        log_dirs = [Path(logger.log_dir) for logger in self.trainer.loggers if hasattr(logger, "log_dir")]
+        # (W&B's logger has no local log_dir of its own: None.)
+        log_dirs = [Path(folder) for logger in self.trainer.loggers if (folder := getattr(logger, "log_dir", None))]
         existing = {path for path in log_dirs if path.exists()}
         try:
             super()._run_subcommand(subcommand)

@@ -1,0 +1,46 @@
+"""Validation-accuracy curves of several runs in one PNG (the picture in docs/results.md).
+
+    python docs/plot_val_acc.py --out docs/recipes_val_acc.png \
+        "tuned=logs/fast_10ep/version_0" "reference=logs/ref_10ep/version_0"
+"""
+
+import argparse
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def val_acc_by_epoch(log_dir: Path) -> tuple[list[int], list[float]]:
+    """(epochs counted from 1, val/acc) from a CSV logger's metrics.csv."""
+    with open(log_dir / "metrics.csv") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("val/acc")]
+    return [int(row["epoch"]) + 1 for row in rows], [100 * float(row["val/acc"]) for row in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="LABEL=LOG_DIR (a logs/<run>/version_<n> folder)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="MobileNetV1 (α = 1) on the CIFAR-10 JPEG images: validation accuracy")
+    args = parser.parse_args()
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for run in args.runs:
+        label, _, folder = run.partition("=")
+        epochs, accuracy = val_acc_by_epoch(Path(folder))
+        axes.plot(epochs, accuracy, marker="o", label=f"{label} (best {max(accuracy):.1f}%)")
+    axes.axhline(85, color="grey", linestyle="--", linewidth=1, label="85% target")
+    axes.set(xlabel="epoch", ylabel="validation accuracy (%), 1,000 images", title=args.title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.out)
+    print(f"Wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
