@@ -31,3 +31,32 @@ def test_inference_benchmark_prints_and_writes_every_runtime_and_batch_size(tmp_
     header = next(i for i, line in enumerate(lines) if "batch 1 img/s" in line and "batch 3 img/s" in line)
     printed = [line.split()[3] for line in lines[header + 1 : header + 5]]
     assert printed == ["eager", "bn_folded", "torchscript", "onnxruntime"]
+
+
+@pytest.mark.slow
+def test_speed_benchmark_reports_every_contestant_ratio_and_the_machine(tmp_path):
+    output = tmp_path / "speed.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--batch_size", "4", "--width_mult", "0.25", "--warmup", "1",
+         "--repeats", "2", "--steps", "1", "--workers", "1", "--augment_images", "8",
+         "--inference_batch_sizes", "1", "2", "--inference_seconds", "0", "--json", str(output)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    training = {row["contestant"]: row for row in figures["training"]}
+    assert set(training) == {"reference", "lightning", "raw"}
+    for row in training.values():
+        assert len(row["repetitions"]) == 2 and min(row["repetitions"]) <= row["images_per_second"]
+        assert row["images_per_second"] <= max(row["repetitions"]) and row["peak_memory_mb"] > 0
+    ratios = figures["ratios"]
+    speed = {name: row["images_per_second"] for name, row in training.items()}
+    assert ratios["lightning_over_reference"] == pytest.approx(speed["lightning"] / speed["reference"])
+    assert ratios["lightning_over_raw"] == pytest.approx(speed["lightning"] / speed["raw"])
+    assert set(figures["augmentation"]) == {"pil_per_image", "batched_tensors"}
+    assert {(r["runtime"], r["batch_size"]) for r in figures["inference"]} == {
+        (runtime, size) for runtime in ("eager", "bn_folded", "torchscript", "onnxruntime") for size in (1, 2)
+    }
+    assert {"cpu", "cpus", "torch", "device"} <= set(figures["machine"])
+    for label in ("(a) reference", "(b) this project", "(c) raw loop", "b/a =", "per-image PIL", "onnxruntime"):
+        assert label in result.stdout
