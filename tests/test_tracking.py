@@ -62,7 +62,7 @@ def test_the_offline_run_records_the_config_and_the_metrics(tracked):
     assert run.display_name == "cifar10" and run.project == "mobilenet"
     config = {item_key(i): json.loads(i.value_json) for c in of_type(run_file, "config") for i in c.update}
     assert config["width_mult"] == 0.25 and config["num_classes"] == 10  # the model's hyper-parameters
-    assert config["config"]["data"]["val_size"] == 20  # the resolved config, as in config.yaml
+    assert config["config"]["data"]["init_args"]["val_size"] == 20  # the resolved config, as in config.yaml
     assert config["config"]["model"]["optimizer"]["class_path"] == "torch.optim.Adam"
 
     logged = history(offline_runs(workdir)[0])
