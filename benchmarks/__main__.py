@@ -147,9 +147,7 @@ def main(argv=None) -> dict:
         },
     }
     report(result)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"Wrote {args.json}.")
+    inference.write_json(result, args.json)
     return result
 
 

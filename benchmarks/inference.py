@@ -149,10 +149,15 @@ def main(argv=None) -> dict:
         },
         "results": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"Wrote {args.json}.")
+    write_json(result, args.json)
     return result
+
+
+def write_json(result: dict, path: str) -> None:
+    """The benchmark's figures as JSON, creating the folder (the benchmarks' shared way to save them)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"Wrote {path}.")
 
 
 if __name__ == "__main__":
