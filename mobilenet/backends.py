@@ -23,7 +23,7 @@ from typing import Literal, Optional, Union
 import numpy as np
 import torch
 
-from mobilenet.data.augment import normalize, resize, to_unit_float
+from mobilenet.data.augment import BatchTransform
 from mobilenet.errors import UsageError
 from mobilenet.model import MobileNetV1
 
@@ -127,6 +127,7 @@ class Classifier:
         self.resolution = int(metadata["resolution"])
         self.mean = tuple(metadata["mean"])
         self.std = tuple(metadata["std"])
+        self.transform = BatchTransform("none", self.resolution, self.mean, self.std)
 
     def preprocess(self, images: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
         """uint8 (N, 3, H, W) → float32 (N, 3, resolution, resolution), normalised as in training."""
@@ -135,7 +136,7 @@ class Classifier:
             raise UsageError(
                 f"Expected uint8 RGB images shaped (N, 3, H, W), got {images.dtype} {tuple(images.shape)}."
             )
-        return normalize(resize(to_unit_float(images), self.resolution), self.mean, self.std)
+        return self.transform(images)
 
     def logits(self, images: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
         return self.forward(self.preprocess(images))

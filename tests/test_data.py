@@ -5,10 +5,10 @@ import urllib.error
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from torchvision.transforms.v2 import functional as TF
 
 from fake_cifar import CIFAR10_NAMES, write_archive, write_cifar10
 from mobilenet.data import CIFARDataModule, cifar_files
-from mobilenet.data.augment import normalize
 from mobilenet.data.datamodule import CIFAR10_MEAN, CIFAR10_STD
 from mobilenet.data.sampling import EpochBatchSampler
 from mobilenet.errors import UsageError
@@ -180,7 +180,7 @@ def test_training_batches_are_augmented_and_evaluation_batches_are_not(cifar10_d
     raw_train = next(iter(dm.train_dataloader()))
     images, labels = dm.on_after_batch_transfer(raw_train, 0)
     assert images.shape == (16, 3, 48, 48) and images.dtype == torch.float32 and labels.shape == (16,)
-    unaugmented = normalize(
+    unaugmented = TF.normalize(
         torch.nn.functional.interpolate(raw_train[0].float() / 255, size=48, mode="bilinear", antialias=True),
         CIFAR10_MEAN,
         CIFAR10_STD,
@@ -190,7 +190,7 @@ def test_training_batches_are_augmented_and_evaluation_batches_are_not(cifar10_d
     raw_val = next(iter(dm.val_dataloader()))
     assert raw_val[2] is None
     val_images, _ = dm.on_after_batch_transfer(raw_val, 0)
-    expected = normalize(
+    expected = TF.normalize(
         torch.nn.functional.interpolate(raw_val[0].float() / 255, size=48, mode="bilinear", antialias=True),
         CIFAR10_MEAN,
         CIFAR10_STD,
