@@ -7,7 +7,8 @@ Training (``benchmarks/training.py``, each contestant in a fresh process): the r
 DataLoader-worker loop (a), this project's ``fit`` path (b), and a raw loop over the project's tensors and
 batched augmentation (c); ``b/a`` is what the project gains over the reference, ``b/c`` what Lightning costs.
 Augmentation (``benchmarks/augmentation.py``): the ``seed`` preset per PIL image versus batched, one thread.
-Inference (``benchmarks/inference.py``): eager, BN-folded, TorchScript and ONNX Runtime.
+Inference (``benchmarks/inference.py``): eager (two memory orders), BN-folded, torch.compile, TorchScript and
+ONNX Runtime.
 Every figure is the median of ``--repeats`` timed repetitions after untimed warm-up.
 """
 
@@ -113,10 +114,13 @@ def report(result: dict) -> None:
     print(f"  batched       {aug['batched_tensors']['images_per_second']:>10.0f}"
           f"   ({ratios['batched_over_pil_augmentation']:.1f} ×)")  # fmt: skip
     latency, bulk = s["inference_batch_sizes"]
-    print(f"Inference: {'runtime':<12}{f'batch {bulk} img/s':>16}{f'batch {latency} ms':>14}")
+    print(f"Inference: {'runtime':<14}{f'batch {bulk} img/s':>14}{f'batch {latency} ms':>14}")
     for runtime in inference.RUNTIMES:
         rows = {r["batch_size"]: r["images_per_second"] for r in result["inference"] if r["runtime"] == runtime}
-        print(f"           {runtime:<12}{rows[bulk]:>16.0f}{1000 * latency / rows[latency]:>14.2f}")
+        if rows[bulk] is None:
+            print(f"           {runtime:<14}{'n/a':>14}{'n/a':>14}")
+            continue
+        print(f"           {runtime:<14}{rows[bulk]:>14.0f}{1000 * latency / rows[latency]:>14.2f}")
     print(f"  onnxruntime / eager at batch {bulk} = {ratios['onnxruntime_over_eager_inference']:.2f}")
 
 

@@ -1,4 +1,5 @@
-"""CPU inference speed of MobileNetV1 in one run: eager PyTorch, BatchNorm-folded, TorchScript and ONNX Runtime.
+"""CPU inference speed of MobileNetV1 in one run: eager PyTorch (two memory orders), BatchNorm-folded,
+torch.compile, TorchScript and ONNX Runtime.
 
     python -m benchmarks.inference                                   # α = 1, 32×32, batches of 1 and 256
     python -m benchmarks.inference --width_mult 1 0.75 0.5 0.25      # the README's table
@@ -10,6 +11,7 @@ Prints a table and writes every figure with the machine's description to ``--jso
 """
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -26,7 +28,7 @@ from mobilenet.backends import torchscript_deprecation_silenced
 from mobilenet.folding import fold_batchnorm
 from mobilenet.summary import count_costs
 
-RUNTIMES = ("eager", "bn_folded", "torchscript", "onnxruntime")
+RUNTIMES = ("eager", "channels_last", "bn_folded", "compiled", "torchscript", "onnxruntime")
 
 
 def prepare(width_mult: float, resolution: int, num_classes: int, threads: int, workdir: Path) -> dict[str, Callable]:
@@ -53,16 +55,21 @@ def prepare(width_mult: float, resolution: int, num_classes: int, threads: int, 
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def on_torch(module: torch.nn.Module) -> Callable:
+    def on_torch(module: Callable, memory_format: torch.memory_format = torch.contiguous_format) -> Callable:
         def run(batch: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                return module(batch)
+                return module(batch.contiguous(memory_format=memory_format))  # the reorder is part of the cost
 
         return run
 
+    channels_last = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    # One compiled graph per batch size (dynamic=False), made during the warm-up calls; needs a C++ compiler.
+    compiled = torch.compile(copy.deepcopy(channels_last), dynamic=False)
     return {
         "eager": on_torch(net),
+        "channels_last": on_torch(channels_last, torch.channels_last),
         "bn_folded": on_torch(folded),
+        "compiled": on_torch(compiled, torch.channels_last),
         "torchscript": on_torch(scripted),
         "onnxruntime": lambda batch: session.run(None, {"images": batch.numpy()})[0],
     }
@@ -78,6 +85,21 @@ def images_per_second(run: Callable, batch: torch.Tensor, seconds: float, min_it
     return iterations * len(batch) / (time.perf_counter() - start)
 
 
+def measure(runtime: str, run: Callable, batch: torch.Tensor, args: argparse.Namespace, unavailable: dict):
+    """images/s, or None (with the reason in ``unavailable``) where torch.compile cannot build on this platform."""
+    try:
+        return images_per_second(run, batch, args.seconds, args.min_iterations, args.warmup)
+    except Exception as error:  # torch.compile needs a C++ compiler on the CPU; every other runtime must work
+        if runtime != "compiled":
+            raise
+        unavailable[runtime] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+        return None
+
+
+def format_speed(images_per_second: float | None) -> str:
+    return "n/a" if images_per_second is None else f"{images_per_second:,.0f}"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.splitlines()[0])
     parser.add_argument("--width_mult", type=float, nargs="+", default=[1.0], help="α values (default 1)")
@@ -86,7 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 256])
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement (default 3)")
     parser.add_argument("--min_iterations", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (TorchScript optimises on them)")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed calls first (TorchScript optimises, torch.compile builds)"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="for every runtime")
     parser.add_argument("--json", default="benchmarks/results/inference.json", help="where to write the figures")
     return parser.parse_args(argv)
@@ -97,7 +121,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     batches = {n: torch.randn(n, 3, args.resolution, args.resolution, generator=generator) for n in args.batch_sizes}
-    rows = []
+    rows, unavailable = [], {}
     progress = tqdm(total=len(args.width_mult) * len(RUNTIMES) * len(batches), desc="measuring", unit="run")
     with tempfile.TemporaryDirectory() as workdir:
         for width_mult in args.width_mult:
@@ -105,7 +129,7 @@ def main(argv=None) -> dict:
             costs = count_costs(MobileNetV1(num_classes=args.num_classes, width_mult=width_mult), args.resolution)
             for runtime, run in runtimes.items():
                 for size, batch in batches.items():
-                    speed = images_per_second(run, batch, args.seconds, args.min_iterations, args.warmup)
+                    speed = measure(runtime, run, batch, args, unavailable)
                     rows.append(
                         {
                             "width_mult": width_mult,
@@ -133,12 +157,14 @@ def main(argv=None) -> dict:
     for width_mult in args.width_mult:
         for runtime in RUNTIMES:
             row = {r["batch_size"]: r for r in rows if r["width_mult"] == width_mult and r["runtime"] == runtime}
-            speeds = "".join(f"{row[n]['images_per_second']:>17,.0f}" for n in sizes)
+            speeds = "".join(f"{format_speed(row[n]['images_per_second']):>17}" for n in sizes)
             first = row[sizes[0]]
             print(
                 f"{width_mult:>5g} {first['mult_adds_millions']:>12.2f} {first['weights_millions']:>9.3f} "
                 f"{runtime:<12}{speeds}"
             )
+    for runtime, reason in unavailable.items():
+        print(f"{runtime} did not run here: {reason}")
     result = {
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         "machine": {
@@ -148,6 +174,7 @@ def main(argv=None) -> dict:
             "torch": torch.__version__,
         },
         "results": rows,
+        "unavailable": unavailable,
     }
     write_json(result, args.json)
     return result
