@@ -39,6 +39,16 @@ def test_fit_and_test_log_the_namespaced_metrics(in_tmp, cifar10_dir):
     assert {"test/loss", "test/acc"} <= logged_names(metric_rows(Path(cli.trainer.log_dir)))
 
 
+def test_train_loss_is_the_epoch_mean_over_images_and_the_bar_shows_the_latest_step(in_tmp, cifar10_dir):
+    cli = build_cli(["fit", *small_run(cifar10_dir), "--data.batch_size", "24"])  # 80 images: 24, 24, 24, 8
+    rows = metric_rows(Path(cli.trainer.log_dir))
+    steps = [float(row["train/loss_step"]) for row in rows if row["train/loss_step"]]
+    epoch_loss = next(float(row["train/loss"]) for row in rows if row["train/loss"])
+    assert len(steps) == 4
+    assert epoch_loss == pytest.approx((24 * sum(steps[:3]) + 8 * steps[3]) / 80, rel=1e-5)
+    assert cli.trainer.progress_bar_metrics["loss"] == pytest.approx(steps[-1])
+
+
 def test_cifar100_links_100_classes_and_adds_top5(in_tmp, cifar100_dir):
     cli = build_cli(["fit", *small_run(cifar100_dir, "cifar100.yaml")])
     assert cli.model.net.classifier.out_features == 100

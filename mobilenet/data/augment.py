@@ -69,7 +69,9 @@ def warp(images: torch.Tensor, inverse: torch.Tensor, mode: str = "nearest") -> 
     ys = torch.linspace((1 - height) / 2, (height - 1) / 2, height, device=device, dtype=dtype)
     offsets = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).view(1, height * width, 2)
     # Pixel offsets → grid_sample's [-1, 1] coordinates, folded into the (N, 2, 2) map as torchvision does.
-    to_unit = inverse.to(dtype).transpose(1, 2) / torch.tensor([width / 2, height / 2], device=device, dtype=dtype)
+    # (Python numbers, not a new tensor: copying one to a GPU would make the host wait for the device.)
+    to_unit = inverse.to(dtype).transpose(1, 2)
+    to_unit = torch.stack([to_unit[..., 0] / (width / 2), to_unit[..., 1] / (height / 2)], -1)
     grid = offsets @ to_unit  # (N, H*W, 2) input positions
     return F.grid_sample(images, grid.view(n, height, width, 2), mode=mode, padding_mode="zeros", align_corners=False)
 
@@ -81,9 +83,9 @@ def rotation_inverse(angle: torch.Tensor) -> torch.Tensor:
 
 
 def rgb_to_gray(images: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) luma."""
-    weights = torch.tensor(GRAY_WEIGHTS, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images * weights).sum(1, keepdim=True)
+    """(N, 1, H, W) luma, torchvision's formula (weights as Python numbers: no tensor to copy to the device)."""
+    red, green, blue = images.unbind(1)
+    return (GRAY_WEIGHTS[0] * red + GRAY_WEIGHTS[1] * green + GRAY_WEIGHTS[2] * blue).unsqueeze(1)
 
 
 def blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
