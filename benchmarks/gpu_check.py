@@ -1,8 +1,8 @@
 """GPU check: `fit` on synthetic data in 32-true, bf16-mixed and 16-mixed, with and without torch.compile.
 
     bash benchmarks/gpu_check.sh                     # on a CUDA machine; a few minutes, mostly compilation
-    python -m benchmarks.gpu_check --accelerator cpu --precisions 32-true --steps 6 --warmup 2 --no_compile \\
-        --no_ablations                               # smoke test (what the tests run)
+    python -m benchmarks.gpu_check --accelerator cpu --precisions 32-true --steps 6 --warmup 2 --no_compile
+                                                     # a smoke test on the CPU (the tests run one)
 
 Every configuration trains the same network from the same weights on the same batches for ``--steps`` steps
 through the Trainer, the LightningModule and a BatchedDataModule, as ``mobilenet fit`` does. It prints:
@@ -13,8 +13,9 @@ through the Trainer, the LightningModule and a BatchedDataModule, as ``mobilenet
 - how many times the host waits for the device in ``--audit_steps`` steady-state training steps
   (``torch.cuda.set_sync_debug_mode``), and where;
 - the batched augmentation's share of a step.
-Exits with status 1 when a loss differs by more than ``--loss_tolerance``, when a steady-state step waits for
-the device, or when the augmentation takes more than ``--max_input_share`` of a step.
+Exits with status 1 when a loss differs by more than ``--loss_tolerance``, when this project's code makes the
+host wait for the device in steady-state steps (or anything does, every step), or when the augmentation takes
+more than ``--max_input_share`` of a step.
 The images are learnable (one mean colour per class plus noise), so that the losses fall and can disagree.
 """
 
@@ -38,6 +39,8 @@ from mobilenet.divergence import StopOnNonFiniteLoss
 from mobilenet.module import MobileNetClassifier
 
 NUM_CLASSES = 10
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_CODE = ("mobilenet/", "benchmarks/")
 
 
 def learnable_images(num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +95,14 @@ class ReadLossEveryStep(Callback):
         outputs["loss"].item()
 
 
+def short_path(filename: str) -> str:
+    """A file as ``mobilenet/...`` or ``benchmarks/...`` for this project's code, ``package/...`` for installed code."""
+    path = Path(filename).resolve()
+    if path.is_relative_to(REPO):
+        return str(path.relative_to(REPO))
+    return filename.split("site-packages/")[-1]
+
+
 class SyncAudit(Callback):
     """Counts host-device synchronisations in ``count`` training steps after the first ``start`` steps.
 
@@ -119,7 +130,7 @@ class SyncAudit(Callback):
             self._recording = None
             for record in self._records:
                 if "synchroniz" in str(record.message):
-                    self.places[f"{Path(record.filename).name}:{record.lineno}"] += 1
+                    self.places[short_path(record.filename) + f":{record.lineno}"] += 1
 
 
 def trainer_for(args: argparse.Namespace, precision: str, steps: int, callbacks: list[Callback]) -> Trainer:
@@ -176,7 +187,7 @@ def augmentation_seconds(args: argparse.Namespace) -> float:
     for seed in range(args.warmup + 10):
         wait_for(device)
         start = time.perf_counter()
-        transform(images, torch.Generator(device=device).manual_seed(seed))
+        transform(images, torch.Generator().manual_seed(seed))
         wait_for(device)
         times.append(time.perf_counter() - start)
     return float(np.median(times[args.warmup :]))
@@ -245,8 +256,11 @@ def main(argv=None) -> int:
         syncs = audit_syncs(args, args.precisions[min(1, len(args.precisions) - 1)])
         where = ", ".join(f"{place} × {n}" for place, n in syncs.most_common()) or "none"
         print(f"Host waits for the device in {args.audit_steps} steady-state steps: {sum(syncs.values())} ({where})")
-        if syncs:
-            failures.append(f"{sum(syncs.values())} host-device synchronisations in steady-state steps")
+        # Ours must never wait; installed code (PyTorch, Lightning) may, once in a while, but not every step.
+        ours = sum(n for place, n in syncs.items() if place.startswith(PROJECT_CODE))
+        if ours or sum(syncs.values()) >= args.audit_steps:
+            failures.append(f"host-device waits in steady-state steps: {ours} in this project's code, "
+                            f"{sum(syncs.values())} in all (limit: none of ours, fewer than one a step)")  # fmt: skip
 
     augment = augmentation_seconds(args)
     share = augment / min(r["step_seconds"] for r in rows)

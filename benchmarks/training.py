@@ -175,7 +175,7 @@ def run_raw(images, labels, args, clock: RepetitionClock, device: torch.device) 
         loader = DataLoader(dataset, sampler=sampler, batch_size=None, pin_memory=device.type == "cuda")
         for batch, targets, augment_seed in loader:
             batch, targets = batch.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            batch = transform(batch, torch.Generator(device=device).manual_seed(augment_seed))
+            batch = transform(batch, torch.Generator().manual_seed(augment_seed))
             batch = batch.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
             logits = net(batch)

@@ -124,7 +124,7 @@ class BatchedDataModule(LightningDataModule):
         images, labels, augment_seed = batch
         generator = None
         if augment_seed is not None:
-            generator = torch.Generator(device=images.device).manual_seed(augment_seed)
+            generator = torch.Generator().manual_seed(augment_seed)  # on the host: see augment.seed_augment
         return self.transform(images, generator), labels
 
     def state_dict(self) -> dict:
