@@ -70,6 +70,7 @@ def machine(device: str) -> dict:
 def train(contestant: str, args: argparse.Namespace) -> dict:
     names = ("batch_size", "width_mult", "warmup", "repeats", "steps", "workers", "device")
     shared = [str(part) for name in names for part in (f"--{name}", getattr(args, name))]
+    shared += ["--contiguous"] if args.contiguous else []
     command = [sys.executable, "-m", "benchmarks.training", "--contestant", contestant, *shared]
     done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0:

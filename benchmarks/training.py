@@ -165,7 +165,8 @@ def run_raw(images, labels, args, clock: RepetitionClock, device: torch.device) 
     dataset = TensorBatches(images, labels)
     transform = BatchTransform("seed", 32, CIFAR10_MEAN, CIFAR10_STD)
     # The same memory order as MobileNetClassifier's default, so that b/c measures Lightning alone.
-    net = new_network(args.width_mult, device).to(memory_format=torch.channels_last).train()
+    memory_format = torch.contiguous_format if args.contiguous else torch.channels_last
+    net = new_network(args.width_mult, device).to(memory_format=memory_format).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
     metrics = accuracy_metrics(NUM_CLASSES, "train").to(device)
     sampler = EpochBatchSampler(len(dataset), args.batch_size, shuffle=True)
@@ -176,7 +177,7 @@ def run_raw(images, labels, args, clock: RepetitionClock, device: torch.device) 
         for batch, targets, augment_seed in loader:
             batch, targets = batch.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             batch = transform(batch, torch.Generator().manual_seed(augment_seed))
-            batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=memory_format)
             optimizer.zero_grad(set_to_none=True)
             logits = net(batch)
             metrics.update(logits, targets)
@@ -205,7 +206,8 @@ def run_lightning(images, labels, args, clock: RepetitionClock, device: torch.de
 
     data = InMemoryData(batch_size=args.batch_size, augment="seed")
     torch.manual_seed(0)
-    model = MobileNetClassifier(NUM_CLASSES, args.width_mult, stem_stride=1)  # Adam, lr 1e-3 by default
+    # Adam, lr 1e-3 by default
+    model = MobileNetClassifier(NUM_CLASSES, args.width_mult, stem_stride=1, channels_last=not args.contiguous)
     trainer = Trainer(
         accelerator=device.type,
         devices=1,
@@ -242,6 +244,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=8, help="training steps per repetition (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--contiguous", action="store_true", help="(b) and (c) in PyTorch's default memory order, not channels-last"
+    )
 
 
 def main(argv=None) -> dict:
