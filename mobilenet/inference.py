@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mobilenet.backends import MODEL_DEFAULTS
 from mobilenet.data import CIFARDataModule, ImageFolderDataModule
 from mobilenet.data.augment import BatchTransform
 from mobilenet.data.batched import CIFAR10_MEAN, CIFAR10_STD
@@ -21,7 +22,6 @@ from mobilenet.runs import read_checkpoint
 
 # Images per forward pass: α = 1 at 32×32 needs about 4 MB of activations per image in float32.
 BATCH_SIZE = 256
-NET_ARGUMENTS = ("num_classes", "width_mult", "stem_stride", "activation", "dropout")
 
 
 @dataclass
@@ -38,7 +38,8 @@ class Classifier:
         """The network, class names and preprocessing a ``mobilenet fit`` checkpoint was trained with."""
         checkpoint = read_checkpoint(str(path))
         hparams = checkpoint.get("hyper_parameters") or {}
-        net = MobileNetV1(**{key: hparams[key] for key in NET_ARGUMENTS if key in hparams})
+        # Every MobileNetV1 argument the checkpoint saved (stem_activation too: `import-tutorial` sets it).
+        net = MobileNetV1(**{key: hparams[key] for key in MODEL_DEFAULTS if key in hparams})
         weights = {
             key[len("net.") :]: value for key, value in checkpoint["state_dict"].items() if key.startswith("net.")
         }

@@ -12,6 +12,7 @@ from mobilenet import MobileNetV1, export
 from mobilenet.backends import load_checkpoint_network
 from mobilenet.cli import build_cli
 from mobilenet.errors import UsageError
+from mobilenet.inference import Classifier
 from mobilenet.tutorial import convert_state_dict
 from tutorial_net import TutorialMobileNet, randomise_batchnorm
 
@@ -89,9 +90,14 @@ def test_imported_checkpoint_works_with_test_predict_and_export(tmp_path, cifar1
 
     net, metadata = load_checkpoint_network("imported.ckpt")
     assert metadata["class_names"][:2] == ["airplane", "automobile"] and metadata["resolution"] == 32
-    images = torch.randn(3, 3, 32, 32)
+    images = 4 * torch.randn(3, 3, 32, 32)  # bright enough that ReLU6 would clip the stem's outputs
+    classifier = Classifier.from_checkpoint("imported.ckpt")  # what `classify` and `report` run
+    relu6_stem = MobileNetV1(**{**metadata["model"], "stem_activation": None})
+    relu6_stem.load_state_dict(net.state_dict())
     with torch.no_grad():
         assert (net(images) - theirs(images)).abs().max() < 1e-5
+        assert (classifier.net(images) - theirs(images)).abs().max() < 1e-5
+        assert (relu6_stem.eval()(images) - theirs(images)).abs().max() > 1e-3, "the check above would be empty"
 
     data = ["--config", str(CONFIGS / "cifar10.yaml"), "--data.data_dir", str(cifar10_dir), "--data.verify", "false",
             "--data.download", "false", "--data.val_size", "20", "--ckpt_path", "imported.ckpt",
