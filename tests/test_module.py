@@ -135,3 +135,28 @@ def test_test_time_flip_gives_mirror_images_the_same_prediction(in_tmp, cifar10_
     for stage, prefix in (("test", "test"), ("validate", "val")):
         cli = build_cli([stage, *small_run(cifar10_dir, "cifar10.yaml", "--model.test_time_flip", "true")])
         assert {f"{prefix}/acc", f"{prefix}/acc_flip"} <= logged_names(metric_rows(Path(cli.trainer.log_dir)))
+
+
+@pytest.mark.slow
+def test_compiled_training_writes_checkpoints_an_uncompiled_model_loads(in_tmp, cifar10_dir):
+    # About 40 s on 2 CPU cores, nearly all of it torch.compile building the forward and backward graphs.
+    cli = build_cli(["fit", *small_run(cifar10_dir), "--model.compile", "true",
+                     "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"])  # fmt: skip
+    assert cli.model.network_compiled
+    checkpoint = torch.load(Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=True)
+    plain = MobileNetClassifier(num_classes=10, width_mult=0.25)
+    assert set(checkpoint["state_dict"]) == set(plain.state_dict())
+    plain.load_state_dict(checkpoint["state_dict"])
+    assert "compile" not in checkpoint["hyper_parameters"]
+
+
+def test_channels_last_changes_the_memory_order_not_the_logits():
+    torch.manual_seed(0)
+    images = torch.randn(4, 3, 32, 32)
+    fast = MobileNetClassifier(num_classes=10, width_mult=0.25).eval()
+    plain = MobileNetClassifier(num_classes=10, width_mult=0.25, channels_last=False).eval()
+    plain.load_state_dict(fast.state_dict())
+    assert fast.net.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.net.features[0][0].weight.is_contiguous()
+    with torch.no_grad():
+        assert torch.allclose(fast(images), plain(images), atol=1e-5)
