@@ -56,7 +56,8 @@ class Classifier:
         names = list(data.get("class_names") or [f"class {i}" for i in range(num_classes)])
         device = torch.device(device)
         return cls(
-            net=net.to(device).eval(),
+            # Channels-last: 1.4-1.5 × the images/s of the default memory order on the CPU (`python -m benchmarks`).
+            net=net.to(device, memory_format=torch.channels_last).eval(),
             class_names=names,
             resolution=int(data.get("resolution", 32)),
             mean=tuple(data.get("mean", CIFAR10_MEAN)),
@@ -69,16 +70,17 @@ class Classifier:
         """uint8 images (N, 3, H, W), any H and W → logits (N, num_classes) float32 on the CPU.
 
         Resizing to ``resolution`` and normalising are the evaluation transform of training. ``progress``
-        shows a progress bar: at α = 1 on 2 busy CPU cores this measured 50 images/s, so CIFAR's 10,000 test
-        images take minutes.
+        shows a progress bar: at α = 1 on 2 CPU cores this measured 880-910 images/s (550-570 before the
+        network went channels-last), so CIFAR's 10,000 test images take about 11 s; on a busy machine, minutes.
         """
         transform = BatchTransform("none", self.resolution, self.mean, self.std)
         starts = range(0, len(images), BATCH_SIZE)
         if progress:
             starts = tqdm(starts, desc="Classifying", unit="batch", file=sys.stderr)
-        chunks = [
-            self.net(transform(images[start : start + BATCH_SIZE].to(self.device))).float().cpu() for start in starts
-        ]
+        chunks = []
+        for start in starts:
+            batch = transform(images[start : start + BATCH_SIZE].to(self.device))
+            chunks.append(self.net(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.class_names))
 
     def probabilities(self, images: torch.Tensor, progress: bool = False) -> torch.Tensor:
