@@ -96,7 +96,8 @@ def test_imported_checkpoint_works_with_test_predict_and_export(tmp_path, cifar1
     relu6_stem.load_state_dict(net.state_dict())
     with torch.no_grad():
         assert (net(images) - theirs(images)).abs().max() < 1e-5
-        assert (classifier.net(images) - theirs(images)).abs().max() < 1e-5
+        # Channels-last convolutions sum in another order: measured 1.1e-5 on these logits.
+        assert (classifier.net(images) - theirs(images)).abs().max() < 1e-4
         assert (relu6_stem.eval()(images) - theirs(images)).abs().max() > 1e-3, "the check above would be empty"
 
     data = ["--config", str(CONFIGS / "cifar10.yaml"), "--data.data_dir", str(cifar10_dir), "--data.verify", "false",
