@@ -108,11 +108,6 @@ def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
 
 
 # ColorJitter's ops by index, as ``colour_jitter``'s factors and orders number them.
-COLOUR_OPS: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = (
-    adjust_brightness,
-    adjust_contrast,
-    adjust_saturation,
-)
 BRIGHTNESS, CONTRAST, SATURATION = range(3)
 
 
