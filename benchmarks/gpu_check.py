@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch import Callback, Trainer
-from torch.utils.data import DataLoader
 
+from benchmarks.fit_path import InMemoryData, training_only_trainer
 from benchmarks.inference import write_json
 from mobilenet.data.augment import BatchTransform
-from mobilenet.data.batched import CIFAR10_MEAN, CIFAR10_STD, BatchedDataModule
-from mobilenet.data.sampling import TensorBatches
+from mobilenet.data.batched import CIFAR10_MEAN, CIFAR10_STD
 from mobilenet.divergence import StopOnNonFiniteLoss
 from mobilenet.module import MobileNetClassifier
 
@@ -50,21 +49,6 @@ def learnable_images(num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
     colours = torch.randint(40, 216, (NUM_CLASSES, 3, 1, 1), generator=generator).float()
     noise = torch.randn(num_images, 3, 32, 32, generator=generator) * 40
     return (colours[labels] + noise).clamp(0, 255).to(torch.uint8), labels
-
-
-class InMemoryData(BatchedDataModule):
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, pinned: bool = True) -> None:
-        super().__init__(batch_size=batch_size, augment="seed")
-        self.images, self.labels, self.pinned = images, labels, pinned
-
-    def setup(self, stage: str) -> None:
-        self.splits["train"] = TensorBatches(self.images, self.labels)
-
-    def loader(self, split: str, shuffle: bool) -> DataLoader:
-        loader = super().loader(split, shuffle)
-        if not self.pinned:  # the ablation: the same loader with page-locked copies turned off
-            loader = DataLoader(loader.dataset, sampler=loader.sampler, batch_size=None, pin_memory=False)
-        return loader
 
 
 def wait_for(device: torch.device) -> None:
@@ -134,19 +118,8 @@ class SyncAudit(Callback):
 
 
 def trainer_for(args: argparse.Namespace, precision: str, steps: int, callbacks: list[Callback]) -> Trainer:
-    return Trainer(
-        accelerator=args.accelerator,
-        devices=1,
-        precision=precision,
-        max_steps=steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[StopOnNonFiniteLoss(), *callbacks],  # as `mobilenet fit` adds it
-    )
+    # StopOnNonFiniteLoss as `mobilenet fit` adds it: its per-step work is part of what is checked.
+    return training_only_trainer(args.accelerator, steps, [StopOnNonFiniteLoss(), *callbacks], precision)
 
 
 def train(args: argparse.Namespace, precision: str, compiled: bool = False, channels_last: bool = True,

@@ -191,36 +191,20 @@ def run_raw(images, labels, args, clock: RepetitionClock, device: torch.device) 
 
 
 def run_lightning(images, labels, args, clock: RepetitionClock, device: torch.device) -> dict:
-    from lightning.pytorch import Callback, Trainer
+    from lightning.pytorch import Callback
 
-    from mobilenet.data.batched import BatchedDataModule
+    from benchmarks.fit_path import InMemoryData, training_only_trainer
     from mobilenet.module import MobileNetClassifier
-
-    class InMemoryData(BatchedDataModule):
-        def setup(self, stage: str) -> None:
-            self.splits["train"] = TensorBatches(images, labels)
 
     class Ticks(Callback):
         def on_train_batch_end(self, *_) -> None:
             clock.tick()
 
-    data = InMemoryData(batch_size=args.batch_size, augment="seed")
+    data = InMemoryData(images, labels, args.batch_size)
     torch.manual_seed(0)
     # Adam, lr 1e-3 by default
     model = MobileNetClassifier(NUM_CLASSES, args.width_mult, stem_stride=1, channels_last=not args.contiguous)
-    trainer = Trainer(
-        accelerator=device.type,
-        devices=1,
-        max_steps=clock.total_steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Ticks()],
-    )
-    trainer.fit(model, datamodule=data)
+    training_only_trainer(device.type, clock.total_steps, [Ticks()]).fit(model, datamodule=data)
     return {}
 
 
