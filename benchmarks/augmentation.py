@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 
 from benchmarks.training import reference_transform, synthetic_cifar
-from mobilenet.data.augment import BatchTransform
-from mobilenet.data.batched import CIFAR10_MEAN, CIFAR10_STD
+from mobilenet.data.augment import CIFAR10_MEAN, CIFAR10_STD, BatchTransform
 
 
 def per_image_pil(images: torch.Tensor) -> None:

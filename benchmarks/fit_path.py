@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader
 
-from mobilenet.data.batched import BatchedDataModule
+from mobilenet.data.base import BatchedDataModule
 from mobilenet.data.sampling import TensorBatches
 
 

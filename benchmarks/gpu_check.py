@@ -32,10 +32,10 @@ from lightning.pytorch import Callback, Trainer
 
 from benchmarks.fit_path import InMemoryData, training_only_trainer
 from benchmarks.inference import write_json
-from mobilenet.data.augment import BatchTransform
-from mobilenet.data.batched import CIFAR10_MEAN, CIFAR10_STD
-from mobilenet.divergence import StopOnNonFiniteLoss
-from mobilenet.module import MobileNetClassifier
+from mobilenet import MobileNetV1
+from mobilenet.data.augment import CIFAR10_MEAN, CIFAR10_STD, BatchTransform
+from mobilenet.training.callbacks import StopOnNonFiniteLoss
+from mobilenet.training.module import MobileNetClassifier
 
 NUM_CLASSES = 10
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def train(args: argparse.Namespace, precision: str, compiled: bool = False, chan
           read_loss_every_step: bool = False, pinned: bool = True) -> dict:  # fmt: skip
     images, labels = learnable_images(args.steps * args.batch_size)
     torch.manual_seed(0)
-    model = MobileNetClassifier(NUM_CLASSES, width_mult=1.0, channels_last=channels_last, compile=compiled)
+    model = MobileNetClassifier(MobileNetV1(NUM_CLASSES), channels_last=channels_last, compile=compiled)
     clock = Throughput(args.warmup)
     extra = [ReadLossEveryStep()] if read_loss_every_step else []
     trainer = trainer_for(args, precision, args.steps, [clock, *extra])
@@ -146,7 +146,8 @@ def audit_syncs(args: argparse.Namespace, precision: str) -> Counter:
     torch.manual_seed(0)
     audit = SyncAudit(start, args.audit_steps)
     trainer = trainer_for(args, precision, start + args.audit_steps + 1, [audit])
-    trainer.fit(MobileNetClassifier(NUM_CLASSES), datamodule=InMemoryData(images, labels, args.batch_size))
+    model = MobileNetClassifier(MobileNetV1(NUM_CLASSES))
+    trainer.fit(model, datamodule=InMemoryData(images, labels, args.batch_size))
     return audit.places
 
 

@@ -24,9 +24,9 @@ import torch
 from tqdm import tqdm
 
 from mobilenet import MobileNetV1
-from mobilenet.backends import torchscript_deprecation_silenced
-from mobilenet.folding import fold_batchnorm
-from mobilenet.summary import count_costs
+from mobilenet.commands.summary import count_costs
+from mobilenet.deploy.export import torchscript_deprecation_silenced
+from mobilenet.deploy.folding import fold_batchnorm
 
 RUNTIMES = ("eager", "channels_last", "bn_folded", "compiled", "torchscript", "onnxruntime")
 

@@ -36,8 +36,7 @@ from torchvision import transforms
 from torchvision.datasets import VisionDataset
 
 from mobilenet import MobileNetV1
-from mobilenet.data.augment import BatchTransform
-from mobilenet.data.batched import CIFAR10_MEAN, CIFAR10_STD
+from mobilenet.data.augment import CIFAR10_MEAN, CIFAR10_STD, BatchTransform
 from mobilenet.data.sampling import EpochBatchSampler, TensorBatches
 
 CONTESTANTS = ("reference", "lightning", "raw")
@@ -160,7 +159,7 @@ def run_reference(images, labels, args, clock: RepetitionClock, device: torch.de
 
 
 def run_raw(images, labels, args, clock: RepetitionClock, device: torch.device) -> dict:
-    from mobilenet.module import accuracy_metrics
+    from mobilenet.training.module import accuracy_metrics
 
     dataset = TensorBatches(images, labels)
     transform = BatchTransform("seed", 32, CIFAR10_MEAN, CIFAR10_STD)
@@ -194,7 +193,7 @@ def run_lightning(images, labels, args, clock: RepetitionClock, device: torch.de
     from lightning.pytorch import Callback
 
     from benchmarks.fit_path import InMemoryData, training_only_trainer
-    from mobilenet.module import MobileNetClassifier
+    from mobilenet.training.module import MobileNetClassifier
 
     class Ticks(Callback):
         def on_train_batch_end(self, *_) -> None:
@@ -203,7 +202,7 @@ def run_lightning(images, labels, args, clock: RepetitionClock, device: torch.de
     data = InMemoryData(images, labels, args.batch_size)
     torch.manual_seed(0)
     # Adam, lr 1e-3 by default
-    model = MobileNetClassifier(NUM_CLASSES, args.width_mult, stem_stride=1, channels_last=not args.contiguous)
+    model = MobileNetClassifier(MobileNetV1(NUM_CLASSES, args.width_mult), channels_last=not args.contiguous)
     training_only_trainer(device.type, clock.total_steps, [Ticks()]).fit(model, datamodule=data)
     return {}
 

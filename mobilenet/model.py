@@ -5,6 +5,8 @@ logits (N, num_classes). The resolution multiplier ρ is a property of the input
 global average pool accepts any H, W.
 """
 
+import inspect
+from numbers import Real
 from typing import Literal, Optional
 
 import torch
@@ -96,20 +98,23 @@ class MobileNetV1(nn.Module):
         stem_activation: Optional[Literal["relu", "relu6"]] = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}.")
-        if not 0 < width_mult <= 2:
+        if not isinstance(width_mult, Real) or isinstance(width_mult, bool) or not 0 < width_mult <= 2:
             raise UsageError(
                 f"width_mult (α) must lie in (0, 2], got {width_mult!r}; the paper uses 1, 0.75, 0.5, 0.25."
             )
-        if stem_stride not in (1, 2):
+        if isinstance(stem_stride, bool) or stem_stride not in (1, 2):
             raise UsageError(f"stem_stride must be 1 (CIFAR, 32×32) or 2 (ImageNet layout), got {stem_stride!r}.")
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise UsageError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
-        if stem_activation is not None and stem_activation not in ACTIVATIONS:
+        if stem_activation is not None and (not isinstance(stem_activation, str) or stem_activation not in ACTIVATIONS):
             raise UsageError(f"stem_activation must be one of {sorted(ACTIVATIONS)} or None, got {stem_activation!r}.")
-        if not 0 <= dropout < 1:
+        if not isinstance(dropout, Real) or isinstance(dropout, bool) or not 0 <= dropout < 1:
             raise UsageError(f"dropout must lie in [0, 1), got {dropout!r}.")
+        # What this network was built with: checkpoints and exports record it, and MobileNetV1(**arguments)
+        # builds the same network again.
+        self.arguments = {name: value for name, value in locals().items() if name in NETWORK_ARGUMENTS}
         act = ACTIVATIONS[activation]
 
         in_channels = scaled_channels(STEM_CHANNELS, width_mult)
@@ -138,3 +143,7 @@ class MobileNetV1(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.pool(self.features(images)).flatten(1)
         return self.classifier(self.dropout(features))
+
+
+# The network's arguments, in the order of its signature: the one place they are declared.
+NETWORK_ARGUMENTS: tuple[str, ...] = tuple(inspect.signature(MobileNetV1).parameters)

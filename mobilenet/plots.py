@@ -11,16 +11,18 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from mobilenet.files import atomic_write
+
 CORRECT, WRONG = "tab:green", "tab:red"
 # Numbers in the confusion matrix's cells stay readable up to about 20 classes; above that only colours.
 ANNOTATE_MAX_CLASSES = 20
 
 
 def save(figure: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    return path
+    """The figure as a PNG file, written atomically."""
+    with atomic_write(path) as file:
+        figure.savefig(file, format="png", dpi=100, bbox_inches="tight")
+    return Path(path)
 
 
 def training_curves(epochs: dict[str, list[float]], title: str = "Training curves") -> Figure:

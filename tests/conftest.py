@@ -7,7 +7,7 @@ import torch
 
 from fake_cifar import write_cifar10, write_cifar100
 from mobilenet import MobileNetV1
-from mobilenet.cli import build_cli
+from mobilenet.commands.lightning import build_cli
 from tutorial_net import randomise_batchnorm
 
 # Tests never reach the network and never log to a W&B account.
@@ -28,12 +28,18 @@ def cifar100_dir(tmp_path_factory) -> Path:
     return write_cifar100(tmp_path_factory.mktemp("cifar100-data"))
 
 
+def config_args(config: str) -> list[str]:
+    """``--config`` for a recipe; cifar100.yaml is an overlay of cifar10.yaml and is given after it."""
+    names = ["cifar10.yaml", config] if config == "cifar100.yaml" else [config]
+    return [arg for name in names for arg in ("--config", str(CONFIGS / name))]
+
+
 def small_run_args(data_dir: Path, config: str = "cifar10.yaml") -> list[str]:
     """A recipe config pointed at generated data: 80 training, 20 validation images, batches of 16, α = 0.25."""
     return [
-        "--config", str(CONFIGS / config),
+        *config_args(config),
         "--data.data_dir", str(data_dir), "--data.verify", "false", "--data.download", "false",
-        "--data.val_size", "20", "--data.batch_size", "16", "--model.width_mult", "0.25",
+        "--data.val_size", "20", "--data.batch_size", "16", "--model.net.width_mult", "0.25",
     ]  # fmt: skip
 
 
@@ -48,7 +54,7 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, cifar10_dir) -> Path:
     """A working folder after a two-epoch `fit`: checkpoints/cifar10/ and logs/cifar10/version_0/."""
-    from mobilenet.cli import build_cli
+    from mobilenet.commands.lightning import build_cli
 
     workdir = tmp_path_factory.mktemp("finished-run")
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -88,7 +94,8 @@ def checkpoint(tmp_path_factory, cifar10_dir) -> Path:
 @pytest.fixture(scope="session")
 def onnx_export(checkpoint) -> tuple[Path, list[str]]:
     """``checkpoint`` exported to ONNX once for the session: the file and what the export reported."""
-    from mobilenet.export import export
+    from mobilenet.deploy.artifacts import load
+    from mobilenet.deploy.export import export
 
     output = checkpoint.parent / "exported" / "model.onnx"
-    return output, export(str(checkpoint), "onnx", output)
+    return output, export(load(checkpoint), "onnx", output)

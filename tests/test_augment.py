@@ -6,7 +6,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from mobilenet.data import augment as A
-from mobilenet.data.datamodule import CIFAR10_MEAN, CIFAR10_STD
+from mobilenet.data.augment import CIFAR10_MEAN, CIFAR10_STD
 
 N = 6
 

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from fake_cifar import fake_images
-from mobilenet.backends import load_checkpoint_network, load_classifier
 from mobilenet.data.augment import BatchTransform
+from mobilenet.deploy.artifacts import load
+from mobilenet.deploy.classifier import open_classifier
+from mobilenet.deploy.export import export
 from mobilenet.errors import UsageError
-from mobilenet.export import export
 
 
 def cifar_like_images(count: int, side: int = 32) -> torch.Tensor:
@@ -20,8 +21,8 @@ def cifar_like_images(count: int, side: int = 32) -> torch.Tensor:
 
 def test_torch_and_onnxruntime_backends_agree_on_the_same_images(checkpoint, onnx_export):
     pytest.importorskip("onnxruntime")
-    torch_backend = load_classifier(checkpoint)
-    onnx_backend = load_classifier(onnx_export[0])  # auto: .onnx runs on ONNX Runtime
+    torch_backend = open_classifier(checkpoint)
+    onnx_backend = open_classifier(onnx_export[0])  # auto: .onnx runs on ONNX Runtime
     assert (torch_backend.backend, onnx_backend.backend) == ("torch", "onnxruntime")
     for attribute in ("class_names", "resolution", "mean", "std"):
         assert getattr(onnx_backend, attribute) == getattr(torch_backend, attribute)
@@ -32,31 +33,36 @@ def test_torch_and_onnxruntime_backends_agree_on_the_same_images(checkpoint, onn
 
 
 def test_backends_preprocess_exactly_as_the_datamodule_does(checkpoint):
-    classifier = load_classifier(checkpoint, backend="torch")
-    net, metadata = load_checkpoint_network(checkpoint)
+    classifier = open_classifier(checkpoint, backend="torch")
+    artifact = load(checkpoint)
+    metadata = artifact.metadata
     images = cifar_like_images(5)
-    transform = BatchTransform("none", metadata["resolution"], tuple(metadata["mean"]), tuple(metadata["std"]))
+    transform = BatchTransform("none", metadata.resolution, metadata.mean, metadata.std)
     with torch.no_grad():
-        assert torch.equal(classifier.logits(images), net(transform(images)))
+        assert torch.allclose(classifier.logits(images), artifact.network(transform(images)), atol=1e-5)
 
 
 def test_a_state_dict_export_loads_behind_the_same_interface(checkpoint, tmp_path):
     # (TorchScript files are loaded this way in test_export.py.)
     images = cifar_like_images(4)
-    export(str(checkpoint), "state_dict", tmp_path / "model.pth")
-    classifier = load_classifier(tmp_path / "model.pth")
+    export(load(checkpoint), "state_dict", tmp_path / "model.pth")
+    classifier = open_classifier(tmp_path / "model.pth")
     assert classifier.class_names[0] == "airplane"
-    assert torch.equal(classifier.logits(images), load_classifier(checkpoint).logits(images))
+    assert torch.equal(classifier.logits(images), open_classifier(checkpoint).logits(images))
 
 
 def test_backend_mistakes_are_explained(checkpoint, tmp_path):
     with pytest.raises(UsageError, match="--format onnx"):
-        load_classifier(checkpoint, backend="onnxruntime")
+        open_classifier(checkpoint, backend="onnxruntime")
     with pytest.raises(UsageError, match="uint8 RGB images"):
-        load_classifier(checkpoint).logits(torch.rand(2, 3, 32, 32))
-    (tmp_path / "model.pth").write_bytes(b"")
+        open_classifier(checkpoint).logits(torch.rand(2, 3, 32, 32))
+    torch.save(load(checkpoint).network.state_dict(), tmp_path / "model.pth")  # without the record beside it
     with pytest.raises(UsageError, match=r"model\.pth\.json"):
-        load_classifier(tmp_path / "model.pth")
+        open_classifier(tmp_path / "model.pth")
+    with pytest.raises(UsageError, match="asks for a CUDA GPU, but PyTorch sees none"):
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is here")
+        open_classifier(checkpoint, device="cuda")
 
 
 def test_classify_gives_the_same_answers_from_the_checkpoint_and_its_onnx_export(checkpoint, onnx_export, tmp_path):

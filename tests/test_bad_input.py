@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import mobilenet.checkpoint_io
+import mobilenet.training.checkpoint_io
 from conftest import small_run_args
 from fake_cifar import write_archive, write_cifar100
-from mobilenet.checkpoint_io import PARTIAL_MARK
-from mobilenet.cli import main
+from mobilenet.commands import main
+from mobilenet.files import PARTIAL_MARK
 
 SHORT_EPOCH = 3  # training batches per epoch where a test needs only a few (--trainer.limit_train_batches)
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -106,12 +106,12 @@ def plain_checkpoint(edit):
 
 
 def without_data_settings(checkpoint):
-    del checkpoint["datamodule_hyper_parameters"]
+    checkpoint["mobilenet"]["data"] = None
     return checkpoint
 
 
-def without_metadata(checkpoint):
-    del checkpoint["datamodule_hyper_parameters"], checkpoint["hyper_parameters"]
+def record_of_another_width(checkpoint):
+    checkpoint["mobilenet"]["network"]["width_mult"] = 0.5
     return checkpoint
 
 
@@ -122,8 +122,8 @@ def other_classes(cifar10_dir, tmp):
 
 
 def other_width(cifar10_dir, tmp):
-    path = plain_checkpoint(without_metadata)(cifar10_dir, tmp)
-    return ["test", *small_run_args(cifar10_dir), "--model.width_mult", "0.5", "--ckpt_path", str(path)]
+    path = plain_checkpoint(record_of_another_width)(cifar10_dir, tmp)
+    return ["test", *small_run_args(cifar10_dir), "--model.net.width_mult", "0.5", "--ckpt_path", str(path)]
 
 
 def truncated_checkpoint(cifar10_dir, tmp):
@@ -183,10 +183,10 @@ MATRIX = [
     ("checksum mismatch", checksum_mismatch, ["do not match the official checksums", "--data.verify false"]),
     ("data_dir is a file", data_dir_is_a_file, ["data.txt' is a file, not a folder"]),
     ("data_dir not writable", data_dir_not_writable, ["readonly' is not writable", "writable folder"]),
-    ("checkpoint for other classes", other_classes, ["trained for 10 classes but --data.dataset cifar100 has 100"]),
-    ("checkpoint for other width", other_width, ["weights do not fit this network", "--model.width_mult"]),
-    ("truncated checkpoint", truncated_checkpoint, ["cut.ckpt' could not be read as a checkpoint", "truncated"]),
-    ("foreign checkpoint", foreign_checkpoint, ["state_dict.pt' holds no model weights"]),
+    ("checkpoint for other classes", other_classes, ["trained for 10 classes, but the data has 100"]),
+    ("checkpoint for other width", other_width, ["weights do not fit this network", "pick a checkpoint of this run"]),
+    ("truncated checkpoint", truncated_checkpoint, ["cut.ckpt' could not be read", "truncated"]),
+    ("foreign checkpoint", foreign_checkpoint, ["state_dict.pt' is a bare state_dict without the record"]),
     ("checkpoint with code", checkpoint_with_code, ["evil.ckpt' holds Python objects", "can run arbitrary code"]),
     ("unknown option", unknown_option, ["widht_mult"]),
     ("unknown config key", unknown_config_key, ["widht_mult"]),
@@ -254,7 +254,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoints(workdir, cifar1
         file.write(b"PK\x03\x04 the first bytes of a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(mobilenet.checkpoint_io.torch, "save", disk_fills_up)
+    monkeypatch.setattr(mobilenet.training.checkpoint_io.torch, "save", disk_fills_up)
     one_step = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
     message = fails("fit", *small_run_args(cifar10_dir), "--ckpt_path", "last", "--trainer.max_epochs", "2",
                     *one_step, capsys=capsys)  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO
 from mobilenet import MobileNetV1
-from mobilenet.summary import count_costs
+from mobilenet.commands.summary import count_costs
 
 # Every inference runtime the performance issue asks for, in the benchmark's order.
 ISSUE_RUNTIMES = ("eager", "channels_last", "bn_folded", "compiled", "torchscript", "onnxruntime")

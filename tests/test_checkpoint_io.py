@@ -10,23 +10,29 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobilenet.checkpoint_io import PARTIAL_MARK, AtomicCheckpointIO, save_atomically
+from mobilenet.files import PARTIAL_MARK
+from mobilenet.training.checkpoint_io import AtomicCheckpointIO
 
 KILLED_WHILE_SAVING = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    import mobilenet.checkpoint_io as checkpoint_io
+    import torch
+    from mobilenet.training.checkpoint_io import AtomicCheckpointIO
 
     def write_half_then_die(checkpoint, file):
         file.write(b"PK" + bytes(100_000))
         file.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
-    checkpoint_io.torch.save = write_half_then_die
-    checkpoint_io.save_atomically({"step": 2}, Path(sys.argv[1]))
+    torch.save = write_half_then_die
+    AtomicCheckpointIO().save_checkpoint({"step": 2}, Path(sys.argv[1]))
     """
 )
+
+
+def save_atomically(checkpoint: dict, path: Path) -> None:
+    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
 
 
 def test_a_save_killed_halfway_leaves_the_previous_checkpoint_whole(tmp_path):

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from fake_cifar import CIFAR10_NAMES
-from mobilenet.cli import main
+from mobilenet.commands import main
+from mobilenet.data.cifar import CIFARDataModule
 from mobilenet.data.cifar_files import read_split
-from mobilenet.data.datamodule import CIFARDataModule
-from mobilenet.images import fit_to, read_image
-from mobilenet.module import MobileNetClassifier
+from mobilenet.data.images import fit_to, read_image
+from mobilenet.training.module import MobileNetClassifier
 
 MOBILENET = str(Path(sys.executable).parent / "mobilenet")
 
@@ -129,7 +129,7 @@ def test_a_missing_checkpoint_is_one_clear_error(in_tmp):
     save(np.zeros((8, 8, 3), np.uint8), in_tmp / "x.png")
     with pytest.raises(SystemExit) as stopped:
         main(["classify", "x.png", "--ckpt_path", "nowhere.ckpt"])
-    assert str(stopped.value.code).startswith("mobilenet: error: 'nowhere.ckpt' could not be read as a checkpoint")
+    assert str(stopped.value.code).startswith("mobilenet: error: --ckpt_path 'nowhere.ckpt' is not a file.")
 
 
 def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(tmp_path):

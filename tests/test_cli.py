@@ -1,4 +1,5 @@
-"""The `mobilenet` console script in a subprocess, as a user runs it: fit, resume, validate, test, predict."""
+"""The `mobilenet` console script in a subprocess, as a user runs it: one grammar for the nine commands, a run
+trained once and then evaluated, resumed, classified and exported from its checkpoints alone."""
 
 import csv
 import hashlib
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from conftest import CONFIGS, small_run_args
 from fake_images import CLASSES, write_image_folder
+from mobilenet.commands import COMMANDS, main
 
 MOBILENET = str(Path(sys.executable).parent / "mobilenet")
 STEPS_PER_EPOCH = 5  # 100 training images - 20 for validation, in batches of 16
@@ -34,11 +37,26 @@ def csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(file))
 
 
-def test_help_lists_the_subcommands(tmp_path):
-    result = mobilenet("--help", cwd=tmp_path)
-    assert result.returncode == 0
-    listed = {line.split()[0] for line in result.stdout.split("Available subcommands:")[1].splitlines() if line.strip()}
-    assert {"fit", "validate", "test", "predict"} <= listed
+def help_of(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--help"])
+    assert exit_.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_help_lists_all_nine_commands_in_its_usage_line(in_tmp, capsys):
+    usage = help_of(capsys).split("\n\n")[0]
+    assert all(name in usage for name in COMMANDS) and len(COMMANDS) == 9
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_takes_configs_dotted_overrides_a_run_and_a_checkpoint(command, in_tmp, capsys):
+    text = help_of(capsys, command)
+    for option in ("--config", "--model.", "--data ", "--run_name", "--ckpt_path"):
+        assert option in text, f"`mobilenet {command} --help` lacks {option}"
+    # This project's meaning of --ckpt_path, and the data options, which a --data class choice would hide.
+    assert "'last' (the run's checkpoints/<run_name>/last.ckpt), 'best' (the file" in " ".join(text.split())
+    assert "--data.val_size" in text and "--data.root" in text and "--data.data_dir" in text
 
 
 def test_print_config_shows_the_reference_recipe(tmp_path):
@@ -47,6 +65,7 @@ def test_print_config_shows_the_reference_recipe(tmp_path):
     config = yaml.safe_load(result.stdout)
     assert config["model"]["optimizer"]["class_path"] == "torch.optim.Adam"
     assert config["model"]["optimizer"]["init_args"]["lr"] == 0.001
+    assert config["model"]["net"]["init_args"]["width_mult"] == 1.0
     assert config["trainer"]["max_epochs"] == 100
     assert config["data"]["class_path"] == "mobilenet.data.CIFARDataModule"
     data = config["data"]["init_args"]
@@ -55,65 +74,117 @@ def test_print_config_shows_the_reference_recipe(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, cifar10_dir) -> Path:
-    """A working folder after `mobilenet fit` for one epoch."""
+def trained(tmp_path_factory, cifar10_dir) -> tuple[Path, subprocess.CompletedProcess]:
+    """A working folder after `mobilenet fit` for one epoch, and what the fit printed (to a pipe, not a terminal)."""
     workdir = tmp_path_factory.mktemp("workdir")
     result = mobilenet("fit", *small_run(cifar10_dir), "--trainer.max_epochs", "1", cwd=workdir)
     assert result.returncode == 0, result.stderr
-    return workdir
+    return workdir, result
 
 
 def test_fit_writes_checkpoints_metrics_and_the_resolved_config(trained):
-    run_dir = trained / "checkpoints" / "cifar10"
+    workdir, _ = trained
+    run_dir = workdir / "checkpoints" / "cifar10"
     assert (run_dir / "last.ckpt").is_file()
     assert len(list(run_dir.glob("best-epoch=000-val_acc=*.ckpt"))) == 1
-    log_dir = trained / "logs" / "cifar10" / "version_0"
+    log_dir = workdir / "logs" / "cifar10" / "version_0"
     rows = csv_rows(log_dir / "metrics.csv")
     assert any(row["val/acc"] != "" and row["epoch"] == "0" for row in rows)
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
-    assert saved["data"]["init_args"]["val_size"] == 20 and saved["model"]["width_mult"] == 0.25
-    assert not (trained / "logs" / "wandb").exists() and not (trained / "wandb").exists(), "W&B only when asked for"
+    assert saved["data"]["init_args"]["val_size"] == 20 and saved["model"]["net"]["init_args"]["width_mult"] == 0.25
+    assert not (workdir / "logs" / "wandb").exists() and not (workdir / "wandb").exists(), "W&B only when asked for"
+
+
+def test_fit_prints_whole_lines_and_the_networks_cost_without_empty_rows(trained):
+    _, result = trained
+    assert "\r" not in result.stdout + result.stderr, "progress bars redraw with \\r; a log file wants lines"
+    assert "epoch 1/1  step 5/5  loss " in result.stdout and "epoch 1 validation: val/acc " in result.stdout
+    output = result.stdout + result.stderr  # the summary is logged (stderr), progress printed (stdout)
+    banner = output.split("Total Flops")[0]
+    assert "| net  | MobileNetV1" in banner and "MetricCollection" not in banner and "CrossEntropyLoss" not in banner
+    assert " M multiply-adds per image" in output and "0         Total Flops" not in output
 
 
 def test_a_fresh_fit_refuses_to_mix_with_an_existing_run(trained, cifar10_dir):
-    last = trained / "checkpoints" / "cifar10" / "last.ckpt"
+    workdir, _ = trained
+    last = workdir / "checkpoints" / "cifar10" / "last.ckpt"
     before = digest(last)
-    result = mobilenet("fit", *small_run(cifar10_dir), "--trainer.max_epochs", "1", cwd=trained)
+    result = mobilenet("fit", *small_run(cifar10_dir), "--trainer.max_epochs", "1", cwd=workdir)
     assert result.returncode != 0
     assert "already holds checkpoints" in result.stderr and "--ckpt_path last" in result.stderr
     assert "Traceback" not in result.stderr
     assert digest(last) == before
-    assert sorted(p.name for p in (trained / "logs" / "cifar10").iterdir()) == ["version_0"]
+    assert sorted(p.name for p in (workdir / "logs" / "cifar10").iterdir()) == ["version_0"]
 
 
-def test_resume_test_and_predict_from_checkpoints(trained, cifar10_dir):
-    resumed = mobilenet("fit", *small_run(cifar10_dir), "--trainer.max_epochs", "2", "--ckpt_path", "last", cwd=trained)
+def test_evaluating_from_the_checkpoint_alone(trained):
+    """No --config: the run name, the data (its folder, verify=false) and the network come from the checkpoint,
+    and each evaluation writes to its own folder, never into the training run's version folders."""
+    workdir, _ = trained
+    last = "checkpoints/cifar10/last.ckpt"
+    for command in ("test", "validate", "predict"):
+        result = mobilenet(command, "--ckpt_path", last, cwd=workdir)
+        assert result.returncode == 0, result.stderr
+        output = result.stdout + result.stderr
+        assert "the config said" not in output and "dirpath" not in output.lower() and "given:" not in output
+        assert (workdir / "logs" / "cifar10" / "eval" / "last" / command).is_dir()
+    assert sorted(p.name for p in (workdir / "logs" / "cifar10").iterdir()) == ["eval", "version_0"]
+    validated = mobilenet("validate", "--ckpt_path", last, cwd=workdir)
+    assert "val/acc_best" not in validated.stdout, "the best of the training run is not this evaluation's result"
+    printed = next(line.split()[1] for line in validated.stdout.splitlines() if line.strip().startswith("val/acc "))
+    trained_rows = csv_rows(workdir / "logs" / "cifar10" / "version_0" / "metrics.csv")
+    logged = [row["val/acc"] for row in trained_rows if row["val/acc"]][-1]
+    assert float(printed) == pytest.approx(float(logged)), "validating the last checkpoint must reproduce epoch 0"
+
+
+def test_classify_report_export_and_summary_take_the_same_checkpoint_grammar(trained, tmp_path):
+    workdir, _ = trained
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 30), (220, 30, 30)).save(image)
+    classified = mobilenet("classify", str(image), "--run_name", "cifar10", "--ckpt_path", "last", cwd=workdir)
+    assert classified.returncode == 0, classified.stderr
+    assert classified.stdout.startswith(f"{image}: ")
+    exported = mobilenet("export", "--run_name", "cifar10", "--ckpt_path", "best", "--format", "state_dict",
+                         "--output", str(tmp_path / "best.pth"), cwd=workdir)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    summary = mobilenet("summary", "--ckpt_path", "checkpoints/cifar10/last.ckpt", cwd=workdir)
+    assert summary.returncode == 0 and "α=0.25" in summary.stdout
+    report = mobilenet("report", "--ckpt_path", "checkpoints/cifar10/last.ckpt", cwd=workdir)
+    assert report.returncode == 0, report.stderr
+    assert (workdir / "logs" / "cifar10" / "eval" / "last" / "report" / "confusion_matrix.png").is_file()
+
+
+def test_resume_continues_the_run_in_a_new_version(trained, cifar10_dir):
+    workdir, _ = trained
+    resumed = mobilenet("fit", *small_run(cifar10_dir), "--trainer.max_epochs", "2", "--ckpt_path", "last", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
-    rows = csv_rows(trained / "logs" / "cifar10" / "version_1" / "metrics.csv")
+    rows = csv_rows(workdir / "logs" / "cifar10" / "version_1" / "metrics.csv")
     assert {row["epoch"] for row in rows} == {"1"}, "the resumed run must continue at epoch 1, not redo epoch 0"
-    last = torch.load(trained / "checkpoints" / "cifar10" / "last.ckpt", weights_only=True, map_location="cpu")
+    last = torch.load(workdir / "checkpoints" / "cifar10" / "last.ckpt", weights_only=True, map_location="cpu")
     assert last["global_step"] == 2 * STEPS_PER_EPOCH
 
-    validated = mobilenet("validate", *small_run(cifar10_dir), "--ckpt_path", "last", cwd=trained)
-    assert validated.returncode == 0, validated.stderr
-    printed = next(line.split()[1] for line in validated.stdout.splitlines() if line.strip().startswith("val/acc "))
-    logged = [row["val/acc"] for row in rows if row["val/acc"]][-1]
-    assert float(printed) == pytest.approx(float(logged)), "validating the last checkpoint must reproduce epoch 1"
-
-    tested = mobilenet("test", *small_run(cifar10_dir), cwd=trained)  # best is the default
-    assert tested.returncode == 0, tested.stderr
-    assert "test/acc" in tested.stdout and "best-epoch=" in tested.stdout + tested.stderr
-
-    predicted = mobilenet("predict", *small_run(cifar10_dir), "--ckpt_path", "last", cwd=trained)
+    predicted = mobilenet("predict", *small_run(cifar10_dir), "--ckpt_path", "last", cwd=workdir)
     assert predicted.returncode == 0, predicted.stderr
-    assert "Wrote 30 predictions to" in predicted.stdout
-    csv_path = Path(trained / predicted.stdout.split("Wrote 30 predictions to ")[1].split(" (accuracy")[0])
-    predictions = csv_rows(csv_path)
+    assert "Wrote 30 predictions to logs/cifar10/eval/last/predict/predictions.csv" in predicted.stdout
+    predictions = csv_rows(workdir / "logs" / "cifar10" / "eval" / "last" / "predict" / "predictions.csv")
     assert len(predictions) == 30
     assert {row["prediction_name"] for row in predictions} <= {
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}  # fmt: skip
     assert all(0 <= float(row["confidence"]) <= 1 for row in predictions)
+
+
+def test_best_follows_the_checkpoint_callback_whatever_the_file_names(tmp_path, cifar10_dir):
+    fit = mobilenet("fit", *small_run(cifar10_dir), "--trainer.max_epochs", "2", "--checkpoint.filename", "ep{epoch}",
+                    cwd=tmp_path)  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    files = sorted(p.name for p in (tmp_path / "checkpoints" / "cifar10").glob("*.ckpt"))
+    assert "last.ckpt" in files and any(name.startswith("ep") for name in files)
+    tested = mobilenet("test", *small_run(cifar10_dir), cwd=tmp_path)  # --ckpt_path best is the default
+    assert tested.returncode == 0, tested.stderr
+    recorded = torch.load(tmp_path / "checkpoints" / "cifar10" / "last.ckpt", weights_only=True)["callbacks"]
+    best = next(Path(s["best_model_path"]).stem for s in recorded.values() if s.get("monitor") == "val/acc")
+    assert (tmp_path / "logs" / "cifar10" / "eval" / best / "test" / "metrics.csv").is_file()
 
 
 def test_missing_dataset_stops_with_one_clear_message(tmp_path):
@@ -134,26 +205,38 @@ def test_asking_for_a_checkpoint_a_run_does_not_have(tmp_path, cifar10_dir):
         "test", *small_run(cifar10_dir), "--run_name", "never_trained", "--ckpt_path", "best", cwd=tmp_path
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "no best checkpoint in 'checkpoints/never_trained'" in result.stderr
+    assert "no checkpoint in 'checkpoints/never_trained'" in result.stderr
 
 
-def test_the_tuned_recipe_trains_and_predicts_on_image_folders(tmp_path):
+def test_an_image_folder_run_is_evaluated_exported_and_classified_from_its_checkpoint(tmp_path):
     root = write_image_folder(tmp_path / "images")  # 93 training images in 3 classes, 15 test images
     recipe = [
         "--config", str(CONFIGS / "cifar10_fast.yaml"), "--data", "ImageFolderDataModule", "--data.root", str(root),
-        "--data.val_size", "13", "--data.batch_size", "16", "--model.width_mult", "0.25", "--trainer.max_epochs", "1",
+        "--data.val_size", "13", "--data.batch_size", "16", "--model.net.width_mult", "0.25",
+        "--trainer.max_epochs", "1",
     ]  # fmt: skip
     fit = mobilenet("fit", *recipe, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
     assert "Decoding" in fit.stderr and "93/93" in fit.stderr  # the progress bar of the one-time decode
-    assert (tmp_path / "checkpoints" / "cifar10_fast" / "last.ckpt").is_file()
+    best = "checkpoints/cifar10_fast/last.ckpt"
 
-    predicted = mobilenet("predict", *recipe, cwd=tmp_path)  # the test/ folder, best checkpoint by default
+    predicted = mobilenet("predict", "--ckpt_path", best, cwd=tmp_path)  # the data comes from the checkpoint
     assert predicted.returncode == 0, predicted.stderr
     assert "15/15" in predicted.stderr and "93/93" not in predicted.stderr  # decodes test/ only, once
     csv_path = tmp_path / predicted.stdout.split("Wrote 15 predictions to ")[1].split(" (accuracy")[0]
     assert {row["label_name"] for row in csv_rows(csv_path)} == set(CLASSES)
+    # A config that names only CIFAR recipe settings still means the checkpoint's image folders.
+    tested = mobilenet("test", "--config", str(CONFIGS / "cifar10_fast.yaml"), cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr
 
-    as_cifar = mobilenet("test", "--config", str(CONFIGS / "cifar10_fast.yaml"), cwd=tmp_path)
-    assert as_cifar.returncode != 0 and "Traceback" not in as_cifar.stderr
-    assert f"trained on the image folders in '{root}'" in as_cifar.stderr
+    exported = mobilenet("export", "--ckpt_path", best, "--format", "onnx", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    classified = mobilenet("classify", str(root / "test" / "dog"), "--ckpt_path", best.replace(".ckpt", ".onnx"),
+                           cwd=tmp_path)  # fmt: skip
+    assert classified.returncode == 0, classified.stderr
+    assert all(line.split(": ")[1].split()[0] in CLASSES for line in classified.stdout.splitlines())
+
+    (root / "train" / "cat").rename(root / "train" / "kitten")  # a renamed class folder
+    renamed = mobilenet("test", "--ckpt_path", best, cwd=tmp_path)
+    assert renamed.returncode != 0 and "Traceback" not in renamed.stderr
+    assert "new: kitten; missing: cat" in renamed.stderr

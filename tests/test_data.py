@@ -9,7 +9,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from fake_cifar import CIFAR10_NAMES, write_archive, write_cifar10
 from mobilenet.data import CIFARDataModule, cifar_files
-from mobilenet.data.datamodule import CIFAR10_MEAN, CIFAR10_STD
+from mobilenet.data.augment import CIFAR10_MEAN, CIFAR10_STD
 from mobilenet.data.sampling import EpochBatchSampler
 from mobilenet.errors import UsageError
 

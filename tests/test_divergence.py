@@ -5,8 +5,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from mobilenet.divergence import StopOnNonFiniteLoss
 from mobilenet.errors import UsageError
+from mobilenet.training.callbacks import StopOnNonFiniteLoss
 
 
 class DivergesAt(LightningModule):

@@ -133,3 +133,22 @@ def test_a_read_only_cache_folder_only_costs_a_warning(folder, tmp_path):
         dm = datamodule(folder, cache_dir=str(blocked / "cache"))
     assert any("Could not cache" in str(w.message) for w in caught)
     assert len(dm.splits["train"]) + len(dm.splits["val"]) == TRAIN_IMAGES
+
+
+def test_a_phone_photo_is_read_upright_by_its_exif_orientation(tmp_path):
+    """A portrait photo is stored sideways with EXIF orientation 6 ("rotate 90° clockwise to show it")."""
+    shown = np.zeros((40, 20, 3), np.uint8)  # 20 wide, 40 high: left half red, right half blue
+    shown[:, :10] = (220, 20, 20)
+    shown[:, 10:] = (20, 20, 220)
+    stored = Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90)  # as the camera wrote it: 40 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    path = tmp_path / "portrait.jpg"
+    stored.save(path, exif=exif, quality=95)
+
+    from mobilenet.data.images import fit_to, read_image
+
+    for pixels in (read_image(path), load_rgb(path, 40)):  # classify's reader; image folders' decoder
+        assert pixels.shape[-2:] == ((40, 20) if pixels.shape[-1] == 20 else (40, 40))
+        square = fit_to(pixels, 20)
+        assert square[0, :, :5].float().mean() > 150 and square[2, :, -5:].float().mean() > 150, "read sideways"

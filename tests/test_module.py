@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from conftest import small_run_args
-from mobilenet.cli import build_cli
-from mobilenet.module import MobileNetClassifier
+from mobilenet import MobileNetV1
+from mobilenet.commands.lightning import build_cli
+from mobilenet.training.module import MobileNetClassifier
 
 
 def small_run(data_dir: Path, config: str = "cifar10.yaml", *extra: str) -> list[str]:
@@ -85,28 +86,30 @@ def test_optimiser_and_one_cycle_schedule_come_from_the_config(in_tmp, cifar10_d
 
 
 def test_default_optimiser_is_adam_at_1e_3():
-    optimiser = MobileNetClassifier(width_mult=0.25).configure_optimizers()
+    optimiser = MobileNetClassifier(MobileNetV1(width_mult=0.25)).configure_optimizers()
     assert isinstance(optimiser, torch.optim.Adam) and optimiser.defaults["lr"] == 1e-3
 
 
 def test_label_smoothing_reaches_the_loss():
-    assert MobileNetClassifier(width_mult=0.25, label_smoothing=0.1).criterion.label_smoothing == 0.1
+    assert MobileNetClassifier(MobileNetV1(width_mult=0.25), label_smoothing=0.1).criterion.label_smoothing == 0.1
 
 
 def test_a_checkpoint_alone_rebuilds_the_model(in_tmp, cifar10_dir):
-    cli = build_cli(["fit", *small_run(cifar10_dir, "cifar10.yaml", "--model.activation", "relu6")])
+    cli = build_cli(["fit", *small_run(cifar10_dir, "cifar10.yaml", "--model.net.activation", "relu6")])
     checkpoint = Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
     rebuilt = MobileNetClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    assert rebuilt.hparams.width_mult == 0.25 and rebuilt.hparams.activation == "relu6"
+    assert rebuilt.net.arguments["width_mult"] == 0.25 and rebuilt.net.arguments["activation"] == "relu6"
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(rebuilt(images), cli.model.eval()(images), atol=1e-6)
-    # Plain data only: safe to read with weights_only=True.
-    assert torch.load(checkpoint, weights_only=True, map_location="cpu")["hyper_parameters"]["num_classes"] == 10
+    # One record of plain data (safe to read with weights_only=True), naming no class to import.
+    saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    assert saved["mobilenet"]["network"]["num_classes"] == 10 and "hyper_parameters" not in saved
+    assert saved["mobilenet"]["data"]["class_path"] == "mobilenet.data.CIFARDataModule"
 
 
 def test_weight_decay_skips_exactly_the_chosen_parameter_kinds():
-    model = MobileNetClassifier(width_mult=0.25, no_weight_decay=["norm", "depthwise", "bias"])
+    model = MobileNetClassifier(MobileNetV1(width_mult=0.25), no_weight_decay=["norm", "depthwise", "bias"])
     model.optimizer = lambda params: torch.optim.SGD(params, lr=0.1, weight_decay=5e-4)
     decayed, exempt = model.configure_optimizers().param_groups
     assert decayed["weight_decay"] == 5e-4 and exempt["weight_decay"] == 0.0
@@ -122,7 +125,7 @@ def test_weight_decay_skips_exactly_the_chosen_parameter_kinds():
 
 
 def test_test_time_flip_gives_mirror_images_the_same_prediction(in_tmp, cifar10_dir):
-    model = MobileNetClassifier(width_mult=0.25, test_time_flip=True).eval()
+    model = MobileNetClassifier(MobileNetV1(width_mult=0.25), test_time_flip=True).eval()
     images = torch.randn(4, 3, 32, 32)
     labels = torch.zeros(4, dtype=torch.long)
     with torch.no_grad():
@@ -144,17 +147,17 @@ def test_compiled_training_writes_checkpoints_an_uncompiled_model_loads(in_tmp, 
                      "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"])  # fmt: skip
     assert cli.model.network_compiled
     checkpoint = torch.load(Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=True)
-    plain = MobileNetClassifier(num_classes=10, width_mult=0.25)
+    plain = MobileNetClassifier(MobileNetV1(num_classes=10, width_mult=0.25))
     assert set(checkpoint["state_dict"]) == set(plain.state_dict())
     plain.load_state_dict(checkpoint["state_dict"])
-    assert "compile" not in checkpoint["hyper_parameters"]
+    assert "compile" not in str(checkpoint["mobilenet"]["network"])
 
 
 def test_channels_last_changes_the_memory_order_not_the_logits():
     torch.manual_seed(0)
     images = torch.randn(4, 3, 32, 32)
-    fast = MobileNetClassifier(num_classes=10, width_mult=0.25).eval()
-    plain = MobileNetClassifier(num_classes=10, width_mult=0.25, channels_last=False).eval()
+    fast = MobileNetClassifier(MobileNetV1(num_classes=10, width_mult=0.25)).eval()
+    plain = MobileNetClassifier(MobileNetV1(num_classes=10, width_mult=0.25), channels_last=False).eval()
     plain.load_state_dict(fast.state_dict())
     assert fast.net.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     assert plain.net.features[0][0].weight.is_contiguous()

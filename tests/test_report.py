@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from fake_cifar import CIFAR10_NAMES
-from mobilenet.cli import main
+from mobilenet.commands import main
+from mobilenet.commands.report import epoch_table
+from mobilenet.data.cifar import CIFARDataModule
 from mobilenet.data.cifar_files import read_split
-from mobilenet.data.datamodule import CIFARDataModule
-from mobilenet.module import MobileNetClassifier
-from mobilenet.report import epoch_table
+from mobilenet.training.module import MobileNetClassifier
 
 MOBILENET = str(Path(sys.executable).parent / "mobilenet")
 
@@ -26,15 +26,21 @@ def rows(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def report(finished_run) -> subprocess.CompletedProcess:
-    return subprocess.run([MOBILENET, "report", "logs/cifar10"], cwd=finished_run, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run([MOBILENET, "report", "--run_name", "cifar10"], cwd=finished_run, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
 
 
-def test_report_writes_every_file_into_the_runs_log_folder(report, finished_run):
+def report_dir(finished_run: Path) -> Path:
+    """logs/<run>/eval/<best checkpoint>/report: the default ``--ckpt_path best`` is the run's best checkpoint."""
+    best = next((finished_run / "checkpoints" / "cifar10").glob("best-*.ckpt"))
+    return finished_run / "logs" / "cifar10" / "eval" / best.stem / "report"
+
+
+def test_report_writes_every_file_into_the_checkpoints_evaluation_folder(report, finished_run):
     assert report.returncode == 0, report.stderr
-    out = finished_run / "logs" / "cifar10" / "report"
+    out = report_dir(finished_run)
     for name in ("curves.png", "curves.csv", "confusion_matrix.png", "per_class_accuracy.csv", "test_predictions.png"):
-        assert f"Wrote logs/cifar10/report/{name}" in report.stdout
+        assert f"Wrote {out.relative_to(finished_run)}/{name}" in report.stdout
     for name in ("curves.png", "confusion_matrix.png", "test_predictions.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and min(image.size) >= 300, f"{name} is too small to read"
@@ -44,7 +50,7 @@ def test_report_writes_every_file_into_the_runs_log_folder(report, finished_run)
 
 def test_curves_csv_holds_the_logged_epoch_values(report, finished_run):
     logged = rows(finished_run / "logs" / "cifar10" / "version_0" / "metrics.csv")
-    curves = rows(finished_run / "logs" / "cifar10" / "report" / "curves.csv")
+    curves = rows(report_dir(finished_run) / "curves.csv")
     assert list(curves[0]) == ["epoch", "train_loss", "val_loss", "val_acc"]
     assert [row["epoch"] for row in curves] == ["0", "1"]
     for row in curves:
@@ -60,7 +66,7 @@ def test_per_class_accuracy_matches_the_training_codes_evaluation(report, finish
     model = MobileNetClassifier.load_from_checkpoint(best, map_location="cpu").eval()
     with torch.no_grad():
         predictions = model(CIFARDataModule().transform(images)).argmax(dim=1)
-    table = rows(finished_run / "logs" / "cifar10" / "report" / "per_class_accuracy.csv")
+    table = rows(report_dir(finished_run) / "per_class_accuracy.csv")
     assert [row["class"] for row in table] == CIFAR10_NAMES
     for index, row in enumerate(table):
         mine = labels == index
@@ -84,15 +90,16 @@ def test_curves_join_a_resumed_runs_sessions_and_skip_evaluations(tmp_path):
                      "val_acc": [0.20, 0.30, 0.40]}  # fmt: skip
 
 
-def test_report_of_a_checkpoint_file_and_mistakes(in_tmp, finished_run, capsys):
+def test_report_of_a_checkpoint_file_on_its_validation_split_and_mistakes(in_tmp, finished_run, capsys):
     checkpoint = finished_run / "checkpoints" / "cifar10" / "last.ckpt"
-    with pytest.raises(SystemExit) as done:
-        main(["report", str(checkpoint), "--out", "from-checkpoint", "--num_images", "4"])
-    assert done.value.code == 0
+    main(["report", "--ckpt_path", str(checkpoint), "--out", "from-checkpoint", "--num_images", "4", "--split", "val"])
     written = sorted(p.name for p in (in_tmp / "from-checkpoint").iterdir())
-    # No logs/cifar10 where this runs: the test-set files are written and the missing curves are said to be.
-    assert written == ["confusion_matrix.png", "per_class_accuracy.csv", "test_predictions.png"]
-    assert "No training metrics found for 'cifar10'" in capsys.readouterr().out
+    # No logs/cifar10 where this runs: the split's files are written and the missing curves are said to be.
+    assert written == ["confusion_matrix.png", "per_class_accuracy.csv", "val_predictions.png"]
+    printed = capsys.readouterr().out
+    assert "No training metrics of run 'cifar10' in logs/cifar10" in printed
+    assert "Validation accuracy of" in printed and "on 20 images" in printed  # the run's 20 held-out images
     with pytest.raises(SystemExit) as refused:
-        main(["report", "no/such/run"])
-    assert refused.value.code == "mobilenet: error: 'no/such/run' is neither a log folder nor a checkpoint file."
+        main(["report", "--run_name", "no_such_run"])
+    message = refused.value.code
+    assert message.startswith("mobilenet: error: --ckpt_path best: no checkpoint in 'checkpoints/no_such_run'")

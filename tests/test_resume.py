@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import small_run_args
-from mobilenet.cli import build_cli
+from mobilenet.commands.lightning import build_cli
 from mobilenet.errors import UsageError
 
 STEPS_PER_EPOCH = 5  # 80 training images in batches of 16
@@ -68,20 +68,23 @@ def test_resuming_gives_the_weights_and_metrics_of_an_uninterrupted_run(in_tmp, 
 def test_evaluation_uses_the_data_settings_the_checkpoint_was_trained_with(in_tmp, cifar10_dir, capsys):
     run("fit", cifar10_dir, "--trainer.max_epochs", "1", "--data.resolution", "40", "--data.split_seed", "7")
     capsys.readouterr()
-    tested = run("test", cifar10_dir, "--model.width_mult", "0.5")  # the config says resolution 32, split_seed 0
+    # The config says split_seed 0, the command line resolution 36 and width 0.5.
+    tested = run("validate", cifar10_dir, "--model.net.width_mult", "0.5", "--data.resolution", "36")
     assert tested.datamodule.resolution == 40 and tested.datamodule.split_seed == 7
-    assert tested.model.hparams.width_mult == 0.25, "the network's shape comes from the checkpoint"
+    assert tested.model.net.arguments["width_mult"] == 0.25, "the network's shape comes from the checkpoint"
     printed = capsys.readouterr().out
-    assert "Using the checkpoint's data settings: resolution=40 (the config said 32)" in printed
-    assert "Using the checkpoint's model settings: width_mult=0.25 (the config said 0.5)" in printed
+    assert "model.net.width_mult=0.25 (given: 0.5)" in printed and "data.resolution=40 (given: 36)" in printed
 
 
 def test_a_checkpoint_for_another_number_of_classes_is_refused(in_tmp, cifar10_dir, cifar100_dir):
     run("fit", cifar10_dir, "--trainer.max_epochs", "1")
     checkpoint = load(in_tmp / "checkpoints" / "cifar10" / "last.ckpt")
-    del checkpoint["datamodule_hyper_parameters"]  # as saved by a model trained outside the CLI
+    trained = str(in_tmp / "checkpoints/cifar10/last.ckpt")
+    with pytest.raises(UsageError, match="on cifar10 .10 classes., but the config says --data.dataset cifar100"):
+        run("test", cifar100_dir, "--data.dataset", "cifar100", "--ckpt_path", trained)
+    checkpoint["mobilenet"]["data"] = None  # as saved by a model trained outside the CLI
     torch.save(checkpoint, in_tmp / "plain.ckpt")
-    with pytest.raises(UsageError, match="trained for 10 classes but --data.dataset cifar100 has 100"):
+    with pytest.raises(UsageError, match="was trained for 10 classes, but the data has 100"):
         run("test", cifar100_dir, "--data.dataset", "cifar100", "--ckpt_path", str(in_tmp / "plain.ckpt"))
 
 
@@ -91,7 +94,7 @@ def test_unreadable_checkpoint_files_are_named(in_tmp, cifar10_dir, content):
     good = (in_tmp / "checkpoints" / "cifar10" / "last.ckpt").read_bytes()
     bad = in_tmp / "bad.ckpt"
     bad.write_bytes(good[: len(good) // 2] if content == "truncated" else b"hello")
-    with pytest.raises(UsageError, match="bad.ckpt' could not be read as a checkpoint"):
+    with pytest.raises(UsageError, match="bad.ckpt' could not be read"):
         run("test", cifar10_dir, "--ckpt_path", str(bad))
 
 

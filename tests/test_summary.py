@@ -10,9 +10,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import CONFIGS
-from mobilenet import MobileNetV1, cli
-from mobilenet.summary import LAYER_TYPES, count_costs, totals_by_type
-from mobilenet.summary import main as summary_main
+from mobilenet import MobileNetV1
+from mobilenet.commands import main
+from mobilenet.commands.summary import LAYER_TYPES, count_costs, totals_by_type
+from mobilenet.commands.summary import main as summary_main
 
 MOBILENET = str(Path(sys.executable).parent / "mobilenet")
 
@@ -87,7 +88,10 @@ def total_line(stdout: str) -> list[str]:
 
 
 def test_summary_command_prints_the_papers_totals_in_millions():
-    result = summary("--width_mult", "0.75", "--resolution", "224", "--stem_stride", "2", "--num_classes", "1000")
+    result = summary(
+        "--model.net.width_mult", "0.75", "--data.resolution", "224", "--model.net.stem_stride", "2",
+        "--model.net.num_classes", "1000",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     _, mult_adds, _, params, _ = total_line(result.stdout)
     assert round(float(mult_adds)) == 325 and round(float(params), 1) == 2.6
@@ -95,7 +99,9 @@ def test_summary_command_prints_the_papers_totals_in_millions():
 
 
 def test_summary_describes_a_training_configs_model_and_lists_layers_on_request(capsys):
-    assert summary_main(["--config", str(CONFIGS / "cifar100.yaml"), "--per_layer"]) == 0
+    # cifar100.yaml is an overlay of cifar10.yaml: the two merge in order, the way `fit` reads them.
+    assert summary_main(["--config", str(CONFIGS / "cifar10.yaml"), "--config", str(CONFIGS / "cifar100.yaml"),
+                         "--per_layer"]) == 0  # fmt: skip
     stdout = capsys.readouterr().out
     assert "32×32 input" in stdout and "100 classes" in stdout
     mult_adds, weights = totals(MobileNetV1(num_classes=100), 32)
@@ -104,7 +110,21 @@ def test_summary_describes_a_training_configs_model_and_lists_layers_on_request(
     assert stdout.count("depthwise 3×3 conv") == 13 + 1  # 13 layer rows and the type row
 
 
+def test_summary_takes_the_same_overrides_as_fit_after_a_config(capsys):
+    assert summary_main(["--config", str(CONFIGS / "cifar10.yaml"), "--model.net.width_mult", "0.25"]) == 0
+    stdout = capsys.readouterr().out
+    assert "α=0.25" in stdout
+    assert float(total_line(stdout)[1]) == round(totals(MobileNetV1(width_mult=0.25), 32)[0] / 1e6, 2)
+
+
+def test_summary_of_a_checkpoint_describes_the_trained_network(checkpoint, capsys):
+    assert summary_main(["--ckpt_path", str(checkpoint)]) == 0  # α = 0.25, as the fixture trained it
+    stdout = capsys.readouterr().out
+    assert "α=0.25" in stdout and "10 classes" in stdout
+
+
 def test_summary_refuses_a_bad_resolution_in_one_line():
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["summary", "--resolution", "0"])
-    assert exit_.value.code == "mobilenet: error: --resolution must be a positive number of pixels, got 0."
+        main(["summary", "--data.resolution", "0"])
+    expected = "--data.resolution must be a whole number of pixels from 1 to 1024, got 0."
+    assert exit_.value.code == f"mobilenet: error: {expected}"

@@ -11,7 +11,7 @@ import torch
 
 from conftest import CONFIGS, small_run_args
 from fake_cifar import CIFAR10_NAMES
-from mobilenet.tracking import RUN_ID_KEY, WandbLogger
+from mobilenet.training.tracking import RUN_ID_KEY, WandbLogger
 from wandb_records import item_key, of_type
 
 MOBILENET = str(Path(sys.executable).parent / "mobilenet")

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS
-from mobilenet import MobileNetV1, export
-from mobilenet.backends import load_checkpoint_network
-from mobilenet.cli import build_cli
+from mobilenet import MobileNetV1
+from mobilenet.commands.lightning import build_cli
+from mobilenet.deploy import export
+from mobilenet.deploy.artifacts import load
+from mobilenet.deploy.classifier import open_classifier
+from mobilenet.deploy.tutorial import convert_state_dict
 from mobilenet.errors import UsageError
-from mobilenet.inference import Classifier
-from mobilenet.tutorial import convert_state_dict
 from tutorial_net import TutorialMobileNet, randomise_batchnorm
 
 MOBILENET = str(Path(sys.executable).parent / "mobilenet")
@@ -82,30 +82,38 @@ def test_imported_checkpoint_works_with_test_predict_and_export(tmp_path, cifar1
     # Saved the way kuangliu-style training scripts do: wrapped, with DataParallel's prefix.
     torch.save({"net": {f"module.{k}": v for k, v in theirs.state_dict().items()}, "acc": 85.46}, "tutorial.pth")
     result = subprocess.run(
-        [MOBILENET, "import-tutorial", "tutorial.pth", "--output", "imported.ckpt", "--data_dir", str(cifar10_dir)],
+        [MOBILENET, "import-tutorial", "tutorial.pth", "--output", "imported.ckpt",
+         "--data.data_dir", str(cifar10_dir)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Wrote imported.ckpt: MobileNetV1 α = 1, 10 classes (cifar10)" in result.stdout
 
-    net, metadata = load_checkpoint_network("imported.ckpt")
-    assert metadata["class_names"][:2] == ["airplane", "automobile"] and metadata["resolution"] == 32
+    imported = load("imported.ckpt")
+    net, metadata = imported.network, imported.metadata
+    assert metadata.class_names[:2] == ["airplane", "automobile"] and metadata.resolution == 32
     images = 4 * torch.randn(3, 3, 32, 32)  # bright enough that ReLU6 would clip the stem's outputs
-    classifier = Classifier.from_checkpoint("imported.ckpt")  # what `classify` and `report` run
-    relu6_stem = MobileNetV1(**{**metadata["model"], "stem_activation": None})
+    classifier = open_classifier("imported.ckpt")  # what `classify` and `report` run
+    relu6_stem = MobileNetV1(**{**metadata.network, "stem_activation": None})
     relu6_stem.load_state_dict(net.state_dict())
     with torch.no_grad():
         assert (net(images) - theirs(images)).abs().max() < 1e-5
         # Channels-last convolutions sum in another order: measured 1.1e-5 on these logits.
-        assert (classifier.net(images) - theirs(images)).abs().max() < 1e-4
+        assert (classifier.network(images) - theirs(images)).abs().max() < 1e-4
         assert (relu6_stem.eval()(images) - theirs(images)).abs().max() > 1e-3, "the check above would be empty"
 
-    data = ["--config", str(CONFIGS / "cifar10.yaml"), "--data.data_dir", str(cifar10_dir), "--data.verify", "false",
-            "--data.download", "false", "--data.val_size", "20", "--ckpt_path", "imported.ckpt",
-            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    # The checkpoint alone is enough: the data it names (its data_dir) is found without a config.
+    data = ["--data.verify", "false", "--ckpt_path", "imported.ckpt", "--trainer.enable_progress_bar", "false"]
     tested = build_cli(["test", *data])
     assert 0 <= tested.trainer.callback_metrics["test/acc"] <= 1
     build_cli(["predict", *data])
     assert len(list(Path("logs").rglob("predictions.csv"))) == 1
-    report = export.export("imported.ckpt", "state_dict", Path("imported.pth"))
-    assert any("state_dict reloaded into MobileNetV1: max |Δlogit| = 0.00e+00" in line for line in report)
+    report = export.export(load("imported.ckpt"), "state_dict", Path("imported.pth"))
+    assert any("state_dict reloaded vs PyTorch: max |Δlogit| = 0.00e+00" in line for line in report)
+
+    again = subprocess.run(
+        [MOBILENET, "import-tutorial", "tutorial.pth", "--output", "imported.ckpt",
+         "--data.data_dir", str(cifar10_dir)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode != 0 and "'imported.ckpt' already exists and is kept" in again.stderr

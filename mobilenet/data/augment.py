@@ -22,6 +22,11 @@ import torch.nn.functional as F
 Preset = Literal["seed", "standard", "none"]
 PRESETS: tuple[str, ...] = ("seed", "standard", "none")
 
+# Per-channel mean and standard deviation of the CIFAR-10 training images (RGB, [0, 1] scale): the default
+# normalisation of every DataModule here.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
 # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale uses them.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 

@@ -18,12 +18,13 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
+from mobilenet.data.images import fit_to, to_rgb, upright
 from mobilenet.errors import UsageError
-from mobilenet.images import fit_to, to_rgb
+from mobilenet.files import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-# Bump when the decoded pixels would change for the same files (resampling, colour handling).
-CACHE_FORMAT = 1
+# Bump when the decoded pixels would change for the same files (resampling, colour handling, orientation).
+CACHE_FORMAT = 2
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -56,14 +57,14 @@ def content_key(split_dir: Path, files: list[Path], resolution: int) -> str:
 def load_rgb(path: Path, resolution: int) -> torch.Tensor:
     """One image file as uint8 (3, resolution, resolution) RGB, prepared as ``mobilenet classify`` prepares one.
 
-    Greyscale, 16-bit, palette and CMYK images become 8-bit RGB and transparent pixels are composited onto
-    white (``mobilenet.images.to_rgb``); the image is centre-cropped to a square and resized (``fit_to``).
-    Pillow's decompression-bomb guard stays on.
+    A photo's EXIF orientation is applied (``upright``); greyscale, 16-bit, palette and CMYK images become 8-bit
+    RGB and transparent pixels are composited onto white (``to_rgb``); the image is centre-cropped to a square
+    and resized (``fit_to``). Pillow's decompression-bomb guard stays on.
     """
     with Image.open(path) as image:
         image.draft("RGB", (resolution, resolution))  # JPEG: decode at a reduced scale when far larger
         image.load()
-        return fit_to(TF.pil_to_tensor(to_rgb(image)), resolution).contiguous()
+        return fit_to(TF.pil_to_tensor(to_rgb(upright(image))), resolution).contiguous()
 
 
 def try_load(path: Path, resolution: int) -> tuple[Optional[torch.Tensor], str]:
@@ -118,8 +119,8 @@ def read_image_split(
         )
     key = content_key(split_dir, files, resolution)
     cache_file = cache_dir / f"{split_dir.name}-{resolution}px-{key}.pt" if cache_dir else None
-    if cache_file and cache_file.is_file():
-        cached = torch.load(cache_file, weights_only=True)
+    cached = read_cache(cache_file) if cache_file and cache_file.is_file() else None
+    if cached is not None:
         warn_skipped(split_dir, cached["skipped"], len(files))
         return cached["images"], cached["labels"]
     images, kept_labels, skipped = decode_images(files, labels, resolution, f"Decoding {split_dir}")
@@ -132,13 +133,26 @@ def read_image_split(
     return images, kept_labels
 
 
+def read_cache(cache_file: Path) -> Optional[dict]:
+    """The cached split, or None (with a warning) when the file is damaged: it is then decoded and written anew."""
+    try:
+        cached = torch.load(cache_file, weights_only=True)
+        if not isinstance(cached, dict) or len(cached["images"]) != len(cached["labels"]):
+            raise ValueError("images and labels do not match")
+        return cached
+    except Exception as err:  # truncated by a full disk or a killed copy, or garbled: decode again
+        warnings.warn(
+            f"The image cache '{cache_file}' is damaged ({type(err).__name__}); decoding the images again.",
+            stacklevel=2,
+        )
+        return None
+
+
 def write_cache(cache_file: Path, content: dict) -> None:
     """Write atomically (a partial file is never read back) and drop this split's caches of older content."""
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_suffix(".partial")
-        torch.save(content, partial)
-        os.replace(partial, cache_file)
+        with atomic_write(cache_file) as file:
+            torch.save(content, file)
     except OSError as err:
         warnings.warn(
             f"Could not cache the decoded images in '{cache_file.parent}' ({err}); the next run decodes "

@@ -7,8 +7,7 @@ augmentation on the device. ``mobilenet fit --data ImageFolderDataModule --data.
 from pathlib import Path
 from typing import Optional
 
-from mobilenet.data.augment import Preset
-from mobilenet.data.batched import CIFAR10_MEAN, CIFAR10_STD, BatchedDataModule
+from mobilenet.data.base import BatchedDataModule
 from mobilenet.data.image_files import class_folders, read_image_split
 from mobilenet.data.sampling import TensorBatches
 from mobilenet.errors import UsageError
@@ -17,41 +16,19 @@ CACHE_FOLDER = ".mobilenet-cache"
 
 
 class ImageFolderDataModule(BatchedDataModule):
-    """Images in class folders (JPEG, PNG, BMP, WebP), decoded once at ``resolution`` and cached.
+    """Images in class folders (JPEG, PNG, BMP, WebP), decoded once at ``resolution`` and cached. The other
+    arguments are those of every DataModule here (``BatchedDataModule``); ``resolution`` is applied when the
+    images are decoded: each is centre-cropped to a square and resized.
 
     Args:
         root: Folder with ``train/<class name>/*`` (required) and ``test/<class name>/*`` (optional, used by
             ``test`` and ``predict``). Class names are the ``train`` sub-folder names, sorted.
         cache_dir: Where the decoded uint8 tensors are kept (default: ``<root>/.mobilenet-cache``). A cache is
             reused while the folder's files (names, sizes, modification times) are unchanged.
-        batch_size: Images per training batch (evaluation uses the same).
-        val_size: Training images held out for validation and checkpoint selection; ``test/`` is never
-            used for either.
-        split_seed: Seed of the validation split, kept apart from ``seed`` so that runs with different
-            seeds are validated on the same images.
-        augment: Training augmentation preset: ``seed`` (the reference tutorial's flip, rotate, shear,
-            scale and colour jitter), ``standard`` (padded crop and flip) or ``none``.
-        resolution: Side in pixels: every image is centre-cropped to a square and resized to it once, when it
-            is decoded (the paper's ρ; 32 for CIFAR-sized images).
-        seed: Seed of the shuffle order and of the augmentation draws.
-        mean: Per-channel (RGB) mean used to normalise the images; CIFAR-10's by default.
-        std: Per-channel (RGB) standard deviation used to normalise the images; CIFAR-10's by default.
     """
 
-    def __init__(
-        self,
-        root: str,
-        cache_dir: Optional[str] = None,
-        batch_size: int = 128,
-        val_size: int = 1000,
-        split_seed: int = 0,
-        augment: Preset = "seed",
-        resolution: int = 32,
-        seed: int = 0,
-        mean: tuple[float, float, float] = CIFAR10_MEAN,
-        std: tuple[float, float, float] = CIFAR10_STD,
-    ) -> None:
-        super().__init__(batch_size, val_size, split_seed, augment, resolution, seed, mean, std)
+    def __init__(self, root: str, cache_dir: Optional[str] = None, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         self.root = Path(root)
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / CACHE_FOLDER

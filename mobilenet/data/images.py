@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from mobilenet.errors import UsageError
@@ -46,12 +46,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: a camera's EXIF orientation tag applied (a portrait photo is stored
+    sideways with tag 6 or 8), as image viewers do."""
+    return ImageOps.exif_transpose(image)
+
+
 def read_image(path: Path) -> torch.Tensor:
-    """uint8 (3, H, W); a missing, truncated or non-image file raises ``UsageError`` naming it."""
+    """uint8 (3, H, W), upright; a missing, truncated or non-image file raises ``UsageError`` naming it."""
     try:
         with Image.open(path) as image:
             image.load()  # decodes now: a truncated file fails here, not later
-            return TF.pil_to_tensor(to_rgb(image))
+            return TF.pil_to_tensor(to_rgb(upright(image)))
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         reason = "no such file" if isinstance(err, FileNotFoundError) else f"{type(err).__name__}: {err}"
         raise UsageError(f"'{path}' could not be read as an image ({reason}).") from err

@@ -11,20 +11,20 @@ the given resolution; nothing here knows the expected numbers. Conventions are t
   α = 1 and are printed on a separate line.
 """
 
-import argparse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
 
+from mobilenet.commands.grammar import command_parser, parse, plain, settle
+from mobilenet.data.base import MAX_RESOLUTION
+from mobilenet.data.cifar import NUM_CLASSES
 from mobilenet.errors import UsageError
 from mobilenet.model import MobileNetV1
 
 # The paper's Table 2 rows, in its order.
 LAYER_TYPES = ("standard 3×3 conv", "depthwise 3×3 conv", "pointwise 1×1 conv", "fully connected")
-DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
 @dataclass
@@ -112,52 +112,32 @@ def describe(net: MobileNetV1, resolution: int, per_layer: bool = False) -> str:
     return "\n".join(lines)
 
 
-def model_from_config(path: str) -> tuple[dict, int]:
-    """MobileNetV1 arguments and the input resolution a training config (``configs/*.yaml``) describes."""
-    import yaml
-
-    try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise UsageError(f"--config '{path}' could not be read as a YAML training config ({err}).") from err
-    model, data = config.get("model") or {}, config.get("data") or {}
-    dataset = data.get("dataset", "cifar10")
-    if dataset not in DATASET_CLASSES:
-        raise UsageError(f"--config '{path}' names dataset {dataset!r}; expected one of {sorted(DATASET_CLASSES)}.")
-    kwargs = {
-        "num_classes": DATASET_CLASSES[dataset],
-        **{k: model[k] for k in ("width_mult", "stem_stride", "activation", "stem_activation") if k in model},
-    }
-    return kwargs, int(data.get("resolution", 32))
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="mobilenet summary",
-        description="Parameters and multiply-adds of MobileNetV1, in total and by layer type (the paper's Table 2). "
-        "Options not given take the CIFAR defaults, or the values of --config.",
-    )
-    parser.add_argument("--config", help="a training config (e.g. configs/cifar10.yaml) whose model to describe")
-    parser.add_argument("--width_mult", type=float, help="α (default 1.0)")
-    parser.add_argument("--resolution", type=int, help="input side in pixels (default 32)")
-    parser.add_argument("--stem_stride", type=int, choices=(1, 2), help="1 for CIFAR (default), 2 for ImageNet")
-    parser.add_argument("--num_classes", type=int, help="default 10")
-    parser.add_argument("--per_layer", action="store_true", help="also list every convolution and linear layer")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    kwargs, resolution = model_from_config(args.config) if args.config else ({}, 32)
-    for key in ("width_mult", "stem_stride", "num_classes"):
-        if getattr(args, key) is not None:
-            kwargs[key] = getattr(args, key)
-    resolution = args.resolution if args.resolution is not None else resolution
-    net = MobileNetV1(**kwargs)
-    if resolution < 1:
-        raise UsageError(f"--resolution must be a positive number of pixels, got {resolution}.")
+    parser = command_parser(
+        "summary",
+        "Parameters and multiply-adds of MobileNetV1, in total and by layer type (the paper's Table 2), for the "
+        "network a config describes (--config, --model.net.width_mult, --data.resolution ...) or a checkpoint or "
+        "export holds (--ckpt_path).",
+    )
+    parser.add_argument("--per_layer", action="store_true", help="also list every convolution and linear layer")
+    config, given = parse(parser, argv)
+    if config.ckpt_path:
+        metadata = settle(config, "summary", given=given).artifact.metadata
+        network, resolution = metadata.network, metadata.resolution
+    else:
+        network = plain(config.model.net.init_args)
+        data = config.data.init_args
+        # Training links the class count from the data: a CIFAR-100 config means 100 classes, unless given.
+        if network.get("num_classes", 10) == 10 and data.get("dataset") in NUM_CLASSES:
+            network["num_classes"] = NUM_CLASSES[data.dataset]
+        resolution = data.get("resolution", 32)
+    if not isinstance(resolution, int) or not 1 <= resolution <= MAX_RESOLUTION:
+        raise UsageError(
+            f"--data.resolution must be a whole number of pixels from 1 to {MAX_RESOLUTION}, got {resolution}."
+        )
+    net = MobileNetV1(**network)
     stem = "stride-2 stem" if net.features[0][0].stride == (2, 2) else "stride-1 stem"
-    width = kwargs.get("width_mult", 1.0)
+    width = network.get("width_mult", 1.0)
     print(f"MobileNetV1 α={width:g}, {resolution}×{resolution} input, {stem}, {net.classifier.out_features} classes")
-    print(describe(net, resolution, args.per_layer))
+    print(describe(net, resolution, config.per_layer))
     return 0

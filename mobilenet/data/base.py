@@ -1,31 +1,30 @@
-"""What every dataset here shares: a seeded validation split, whole-batch loaders, and on-device augmentation.
+"""What every dataset here shares: one signature, a seeded validation split, whole-batch loaders and
+on-device augmentation.
 
 A subclass reads its images once into uint8 tensors (N, 3, H, W) in ``setup`` and stores them in
 ``self.splits`` (``train``, ``val`` and, when there is one, ``test``); this class turns them into batches and
-augments, resizes and normalises them after they reach the training device.
+augments, resizes and normalises them after they reach the training device. Subclasses add only their own
+arguments and pass the rest on (``**kwargs``), so the shared arguments and their documentation live here once.
 """
 
-import warnings
+import math
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from mobilenet.data.augment import PRESETS, BatchTransform, Preset
+from mobilenet.data.augment import CIFAR10_MEAN, CIFAR10_STD, PRESETS, BatchTransform, Preset
 from mobilenet.data.sampling import EpochBatchSampler, TensorBatches
 from mobilenet.errors import UsageError
 
-# Per-channel mean and standard deviation of the CIFAR-10 training images (RGB, [0, 1] scale).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-# The batches are gathered from memory in microseconds; worker processes would only add copies between
-# processes, so Lightning's advice to add workers does not apply here.
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
+# Largest input side accepted: MobileNetV1 at α = 1 needs about 4 MB of activations per 32×32 image in training,
+# growing with the square of the side, so 1024×1024 batches of 128 would need terabytes.
+MAX_RESOLUTION = 1024
 
 
 class BatchedDataModule(LightningDataModule):
-    """Base of the DataModules (``--data CIFARDataModule`` or ``--data ImageFolderDataModule``).
+    """Base of the DataModules (``--data CIFARDataModule``, the default, or ``--data ImageFolderDataModule``).
 
     Args:
         batch_size: Images per training batch (evaluation uses the same).
@@ -35,10 +34,10 @@ class BatchedDataModule(LightningDataModule):
             seeds are validated on the same images.
         augment: Training augmentation preset: ``seed`` (the reference tutorial's flip, rotate, shear,
             scale and colour jitter), ``standard`` (padded crop and flip) or ``none``.
-        resolution: Side in pixels of the images the network sees (the paper's ρ).
+        resolution: Side in pixels of the images the network sees (the paper's ρ; 32 is CIFAR's own size).
         seed: Seed of the shuffle order and of the augmentation draws.
-        mean: Per-channel (RGB) mean used to normalise the images.
-        std: Per-channel (RGB) standard deviation used to normalise the images.
+        mean: Per-channel (RGB) mean used to normalise the images; CIFAR-10's by default.
+        std: Per-channel (RGB) standard deviation used to normalise the images; CIFAR-10's by default.
     """
 
     def __init__(
@@ -59,10 +58,16 @@ class BatchedDataModule(LightningDataModule):
             raise UsageError(f"val_size must be at least 1, got {val_size}: checkpoints are chosen on it.")
         if augment not in PRESETS:
             raise UsageError(f"augment must be one of {list(PRESETS)}, got {augment!r}.")
-        if resolution < 1:
-            raise UsageError(f"resolution must be a positive number of pixels, got {resolution}.")
+        if not 1 <= resolution <= MAX_RESOLUTION:
+            raise UsageError(
+                f"resolution must be between 1 and {MAX_RESOLUTION} pixels, got {resolution}; CIFAR's images are 32, "
+                f"the paper's ImageNet inputs 128 to 224."
+            )
+        for name, values in (("mean", mean), ("std", std)):
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise UsageError(f"{name} must be three finite numbers (red, green, blue), got {tuple(values)}.")
         if min(std) <= 0:
-            raise UsageError(f"std must be positive in every channel, got {std}.")
+            raise UsageError(f"std must be positive in every channel, got {tuple(std)}.")
         self.batch_size = batch_size
         self.val_size = val_size
         self.split_seed = split_seed
@@ -121,12 +126,17 @@ class BatchedDataModule(LightningDataModule):
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 images, labels, augment_seed) on the device → (normalised float images, labels)."""
+        if isinstance(batch, torch.Tensor):  # the model summary's example input, a float batch already
+            return batch
         images, labels, augment_seed = batch
         generator = None
         if augment_seed is not None:
             generator = torch.Generator().manual_seed(augment_seed)  # on the host: see augment.seed_augment
         return self.transform(images, generator), labels
 
-    def state_dict(self) -> dict:
-        """Stored in checkpoints so that a consumer can label and preprocess images like training did."""
-        return {"class_names": self.class_names, "resolution": self.resolution, "mean": self.mean, "std": self.std}
+    def config(self) -> dict[str, Any]:
+        """``{"class_path": ..., "init_args": ...}``: how to build this DataModule again, as a config gives it."""
+        cls = type(self)
+        public = f"mobilenet.data.{cls.__name__}"
+        class_path = public if cls.__module__.startswith("mobilenet.data") else f"{cls.__module__}.{cls.__qualname__}"
+        return {"class_path": class_path, "init_args": dict(self.hparams)}

@@ -6,10 +6,13 @@ from typing import Literal, Optional
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from mobilenet.data.base import BatchedDataModule
+from mobilenet.deploy.artifacts import METADATA_KEY, Metadata, checkpoint_metadata
 from mobilenet.errors import UsageError
 from mobilenet.model import MobileNetV1
 
@@ -52,13 +55,9 @@ class MobileNetClassifier(LightningModule):
     """MobileNetV1 with cross-entropy; logs ``train/*``, ``val/*`` (with ``val/acc_best``) and ``test/*``.
 
     Args:
-        num_classes: Output classes; the CLI links it from the data.
-        width_mult: Width multiplier α in (0, 2].
-        stem_stride: 1 for 32×32 CIFAR images, 2 for the paper's ImageNet layout.
-        activation: ``relu`` (the paper) or ``relu6``.
-        dropout: Dropout probability before the classifier.
+        net: The network (``--model.net.width_mult 0.5`` and the like); the CLI links ``num_classes`` from the
+            data. Default: ``MobileNetV1()``, the paper's network with the CIFAR stem and 10 classes.
         label_smoothing: Cross-entropy label smoothing; 0 is plain cross-entropy.
-        stem_activation: Activation after the first convolution; None (default) uses ``activation``.
         optimizer: Optimiser class and arguments (default Adam, lr 1e-3, the reference recipe).
         lr_scheduler: Optional learning-rate scheduler class and arguments. A scheduler that takes
             ``total_steps`` (one-cycle) gets the run's number of optimiser steps when the config leaves it out.
@@ -72,53 +71,66 @@ class MobileNetClassifier(LightningModule):
             convolution libraries of CPUs (oneDNN) and GPUs (cuDNN) run faster; the results are the same.
         compile: ``torch.compile`` the network before the first step (takes a minute or so once per run).
 
-    ``test_time_flip``, ``channels_last`` and ``compile`` say how to run, not what was trained: they are not
-    saved with the checkpoint's hyper-parameters, so the command line's values always apply.
+    Checkpoints keep the network's arguments, the data's class names and preprocessing, and the run in one
+    record (``mobilenet.deploy.artifacts``), never the optimiser or any other class: loading a checkpoint
+    imports nothing it names.
     """
 
     def __init__(
         self,
-        num_classes: int = 10,
-        width_mult: float = 1.0,
-        stem_stride: Literal[1, 2] = 1,
-        activation: Literal["relu", "relu6"] = "relu",
-        dropout: float = 0.0,
+        net: Optional[MobileNetV1] = None,
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         no_weight_decay: Sequence[DecayExemption] = (),
         test_time_flip: bool = False,
-        stem_activation: Optional[Literal["relu", "relu6"]] = None,
         channels_last: bool = True,
         compile: bool = False,
     ) -> None:
         super().__init__()
-        # The optimiser and scheduler are recipe, not model: they live in the run's config.yaml, and leaving
-        # them out keeps checkpoint hyper-parameters plain data (loadable with weights_only=True).
-        # test_time_flip is how to evaluate, not what was trained: left out so that the command line's value
-        # wins over the checkpoint's when a checkpoint is tested (LightningCLI applies saved hyper-parameters).
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "test_time_flip", "channels_last", "compile"])
+        if not 0 <= label_smoothing < 1:
+            raise UsageError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}.")
+        self.net = net if net is not None else MobileNetV1()
+        num_classes = self.net.arguments["num_classes"]
         self.test_time_flip = test_time_flip
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.compile_network = compile
         self.network_compiled = False
-        self.net = MobileNetV1(num_classes, width_mult, stem_stride, activation, dropout, stem_activation)
         self.net.to(memory_format=self.memory_format)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.no_weight_decay = tuple(no_weight_decay)
+        self.make_metrics(num_classes)
+        # Saved in checkpoints so that val/acc_best survives a resume.
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
+        # The run this module trains in, recorded in its checkpoints; the CLI fills it in.
+        self.run_record: dict = {}
+
+    def make_metrics(self, num_classes: int) -> None:
         self.train_metrics = accuracy_metrics(num_classes, "train")
         self.val_metrics = accuracy_metrics(num_classes, "val")
         self.test_metrics = accuracy_metrics(num_classes, "test")
         self.val_flip_metrics = accuracy_metrics(num_classes, "val").clone(postfix="_flip")
         self.test_flip_metrics = accuracy_metrics(num_classes, "test").clone(postfix="_flip")
-        # Saved in checkpoints so that val/acc_best survives a resume.
-        self.val_acc_best = MaxMetric()
-        self.val_acc_best.persistent(True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.memory_format))
+
+    def setup(self, stage: str) -> None:
+        # An example batch of one image at the data's resolution: the model summary shows each layer's output
+        # size and the network's floating-point operations from it.
+        resolution = getattr(self.trainer.datamodule, "resolution", 32) if self._trainer else 32
+        self.example_input_array = torch.zeros(1, 3, resolution, resolution)
+
+    def on_fit_start(self) -> None:
+        # What the loggers show as the run's hyper-parameters (hparams.yaml, the W&B config): the network and
+        # the loss. They are not saved as Lightning's hyper_parameters: checkpoints keep one record of their own.
+        for logger in self.loggers:
+            logger.log_hyperparams({**self.net.arguments, "label_smoothing": self.criterion.label_smoothing})
 
     def configure_model(self) -> None:
         # nn.Module.compile compiles in place: parameter names, and so checkpoints, stay as they are.
@@ -160,7 +172,9 @@ class MobileNetClassifier(LightningModule):
         self.evaluation_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:  # two batches of an untrained model are no record to keep
+        # Two sanity-check batches of an untrained model are no record to keep, and `mobilenet validate`
+        # measures one checkpoint: the best-so-far of its training run is not this evaluation's result.
+        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
             return
         self.val_acc_best(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
@@ -192,16 +206,55 @@ class MobileNetClassifier(LightningModule):
         confidence, prediction = probabilities.max(dim=1)
         return {"prediction": prediction, "confidence": confidence, "label": labels}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The record every consumer reads (``mobilenet.deploy.artifacts``): network, classes, preprocessing, data."""
+        checkpoint[METADATA_KEY] = self.metadata().to_dict()
+
+    def metadata(self) -> Metadata:
+        data = self.trainer.datamodule if self._trainer else None
+        num_classes = self.net.arguments["num_classes"]
+        names = list(getattr(data, "class_names", None) or []) or [f"class {i}" for i in range(num_classes)]
+        metrics = (
+            {
+                key: round(float(value), 6)
+                for key, value in self.trainer.callback_metrics.items()
+                if key.startswith("val/")
+            }
+            if self._trainer
+            else {}
+        )
+        run = {
+            **self.run_record,
+            "epoch": self.current_epoch if self._trainer else 0,
+            "global_step": self.global_step if self._trainer else 0,
+            "metrics": metrics,
+        }
+        preprocessing = {}
+        if isinstance(data, BatchedDataModule):
+            preprocessing = {"resolution": data.resolution, "mean": list(data.mean), "std": list(data.std)}
+        return Metadata(
+            network=dict(self.net.arguments),
+            class_names=names,
+            data=data.config() if isinstance(data, BatchedDataModule) else None,
+            run=run,
+            **preprocessing,
+        )
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse weights of another shape with a sentence, before Lightning's long ``load_state_dict`` error."""
+        """``MobileNetClassifier.load_from_checkpoint(path)`` builds the network the checkpoint records; weights
+        of another shape for a module in training are refused with a sentence, before Lightning's long error."""
+        if self._trainer is None and METADATA_KEY in checkpoint:
+            network = checkpoint_metadata(checkpoint, "the checkpoint").network
+            if network != self.net.arguments:
+                self.net = MobileNetV1(**network).to(memory_format=self.memory_format)
+                self.make_metrics(self.net.arguments["num_classes"])
         own = self.state_dict()
         for key, saved in checkpoint.get("state_dict", {}).items():
             if key in own and saved.shape != own[key].shape:
                 raise UsageError(
                     f"The checkpoint's weights do not fit this network: {key} is {tuple(saved.shape)} in the "
-                    f"checkpoint but {tuple(own[key].shape)} here (num_classes={self.hparams.num_classes}, "
-                    f"width_mult={self.hparams.width_mult}). It was trained with another number of classes or "
-                    f"another --model.width_mult; set them as it was trained, or pick another checkpoint."
+                    f"checkpoint but {tuple(own[key].shape)} here ({self.net.arguments}). It was trained for "
+                    f"another number of classes or another width; pick a checkpoint of this run."
                 )
 
     def on_train_epoch_start(self) -> None:
@@ -210,14 +263,14 @@ class MobileNetClassifier(LightningModule):
         self.epoch_images = 0
 
     def configure_optimizers(self):
-        exempt = self.hparams.no_weight_decay
+        exempt = self.no_weight_decay
         optimizer = self.optimizer(parameter_groups(self.net, exempt) if exempt else self.parameters())
         if self.lr_scheduler is None:
             return optimizer
         scheduler = self.lr_scheduler(optimizer, **self.schedule_length())
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval},
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval},
         }
 
     def schedule_length(self) -> dict[str, int]:
@@ -229,7 +282,7 @@ class MobileNetClassifier(LightningModule):
         given = getattr(self.lr_scheduler, "keywords", {})  # the CLI hands the scheduler over as a partial
         if "total_steps" not in given or given["total_steps"] is not None or given.get("epochs") is not None:
             return {}
-        if self.hparams.lr_scheduler_interval == "step":
+        if self.lr_scheduler_interval == "step":
             return {"total_steps": int(self.trainer.estimated_stepping_batches)}
         if not self.trainer.max_epochs or self.trainer.max_epochs < 1:
             raise UsageError(

@@ -7,53 +7,38 @@ only), resizes to ``resolution`` and normalises.
 
 from typing import Literal
 
-from mobilenet.data.augment import Preset
-from mobilenet.data.batched import CIFAR10_MEAN, CIFAR10_STD, BatchedDataModule
+from mobilenet.data.base import BatchedDataModule
 from mobilenet.data.cifar_files import SPECS, ensure_available, read_class_names, read_split
 from mobilenet.data.sampling import TensorBatches
 from mobilenet.errors import UsageError
 
-# CIFAR-100 is normalised with CIFAR-10's mean and std: its own statistics differ by at most 0.03, and one set
-# keeps the recipes comparable.
+# CIFAR-100 is normalised with CIFAR-10's mean and std (the defaults): its own statistics differ by at most
+# 0.03, and one set keeps the recipes comparable.
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
 class CIFARDataModule(BatchedDataModule):
-    """CIFAR-10 or CIFAR-100 with a fixed validation split carved out of the training images.
+    """CIFAR-10 or CIFAR-100 from the official python archives, with a validation split carved out of the
+    training images. The other arguments are those of every DataModule here (``BatchedDataModule``).
 
     Args:
         dataset: ``cifar10`` or ``cifar100``.
         data_dir: Folder that holds (or will receive) the official python archive or its extracted folder.
         download: Download the archive from the dataset's home page when it is not in ``data_dir``.
         verify: Check the files against the official md5 checksums; turn off for a copy you made yourself.
-        batch_size: Images per training batch (evaluation uses the same).
-        val_size: Training images held out for validation and checkpoint selection; the test split is never
-            used for either.
-        split_seed: Seed of the validation split, kept apart from ``seed`` so that runs with different
-            seeds are validated on the same images.
-        augment: Training augmentation preset: ``seed`` (the reference tutorial's flip, rotate, shear,
-            scale and colour jitter), ``standard`` (padded crop and flip) or ``none``.
-        resolution: Side in pixels the images are resized to on the device (the paper's ρ); 32 keeps
-            CIFAR's own size.
-        seed: Seed of the shuffle order and of the augmentation draws.
     """
 
     def __init__(
         self,
         dataset: Literal["cifar10", "cifar100"] = "cifar10",
         data_dir: str = "data",
-        batch_size: int = 128,
-        val_size: int = 1000,
-        split_seed: int = 0,
-        augment: Preset = "seed",
-        resolution: int = 32,
-        seed: int = 0,
         download: bool = True,
         verify: bool = True,
+        **kwargs,
     ) -> None:
         if dataset not in SPECS:
             raise UsageError(f"dataset must be one of {sorted(SPECS)}, got {dataset!r}.")
-        super().__init__(batch_size, val_size, split_seed, augment, resolution, seed, CIFAR10_MEAN, CIFAR10_STD)
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         self.dataset = dataset
         self.data_dir = data_dir

@@ -171,6 +171,6 @@ class SaveConfigEverywhere(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         loggers = wandb_loggers(trainer)
         if loggers:
-            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            config = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
             for logger in loggers:
                 logger.log_hyperparams({"config": config})

@@ -7,20 +7,19 @@ as our global pool at 32×32). That is ``MobileNetV1(stem_stride=1, activation="
 stem_activation="relu")``, so the weights carry over one to one; convolution biases, if a variant has them,
 are folded into the following BatchNorm's running mean (exact: BN(conv(x) + b) uses x - (μ - b)).
 
-The result is a ``.ckpt`` that ``mobilenet test``, ``predict`` and ``export`` accept like one from ``fit``.
+The result is a ``.ckpt`` that every command accepts like one from ``fit`` (``mobilenet import-tutorial``).
 """
 
-import argparse
 import re
-from pathlib import Path
 
 import torch
 
-from mobilenet.backends import first_line
+from mobilenet.deploy.artifacts import METADATA_KEY, Metadata
 from mobilenet.errors import UsageError
 from mobilenet.model import BLOCKS, STEM_CHANNELS, MobileNetV1
 
 TUTORIAL_LAYOUT = {"stem_stride": 1, "activation": "relu6", "stem_activation": "relu"}
+CIFAR_BY_CLASSES = {10: "cifar10", 100: "cifar100"}
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 # Containers other training scripts wrap a state_dict in (kuangliu's pytorch-cifar saves {"net": ...}).
 WRAPPERS = ("state_dict", "net", "model", "model_state_dict")
@@ -106,76 +105,23 @@ def convert_state_dict(theirs: dict[str, torch.Tensor]) -> tuple[dict[str, torch
     return ours, model
 
 
-def write_checkpoint(net_state: dict[str, torch.Tensor], model: dict, dataset: str, data_dir: str, path: Path) -> None:
-    """A checkpoint laid out as ``mobilenet fit`` writes one: weights, hyper-parameters and data settings."""
+def tutorial_checkpoint(
+    net_state: dict[str, torch.Tensor], model: dict, class_names: list[str], dataset: str, data_dir: str
+) -> dict:
+    """A checkpoint laid out as ``mobilenet fit`` writes one: the weights under ``net.``, the record under
+    ``mobilenet.deploy.artifacts.METADATA_KEY``, and what Lightning needs to evaluate it."""
     import lightning
 
-    from mobilenet.backends import DATA_STATE_KEY
-    from mobilenet.data.cifar_files import ensure_available, read_class_names
-    from mobilenet.data.datamodule import CIFAR10_MEAN, CIFAR10_STD, NUM_CLASSES
-    from mobilenet.module import MobileNetClassifier
-
-    if NUM_CLASSES[dataset] != model["num_classes"]:
-        raise UsageError(
-            f"The tutorial's network has {model['num_classes']} outputs but --dataset {dataset} has "
-            f"{NUM_CLASSES[dataset]} classes; pass the dataset it was trained on."
-        )
-    folder = ensure_available(dataset, data_dir, download=False, verify=False)  # explains itself when absent
-    classifier = MobileNetClassifier(**model)
-    classifier.net.load_state_dict(net_state)
-    data_hparams = {"dataset": dataset, "resolution": 32}
-    checkpoint = {
+    metadata = Metadata(
+        network=model,
+        class_names=class_names,
+        data={"class_path": "mobilenet.data.CIFARDataModule", "init_args": {"dataset": dataset, "data_dir": data_dir}},
+        run={"name": None, "epoch": 0, "global_step": 0, "source": "the reference tutorial's weights"},
+    )
+    return {
         "pytorch-lightning_version": lightning.__version__,
         "epoch": 0,
         "global_step": 0,
-        "state_dict": classifier.state_dict(),
-        "hparams_name": "kwargs",
-        "hyper_parameters": dict(classifier.hparams),
-        "datamodule_hparams_name": "kwargs",
-        "datamodule_hyper_parameters": data_hparams,
-        DATA_STATE_KEY: {
-            "class_names": read_class_names(folder, dataset),
-            "resolution": 32,
-            "mean": CIFAR10_MEAN,
-            "std": CIFAR10_STD,
-        },
+        "state_dict": {f"net.{key}": value for key, value in net_state.items()},
+        METADATA_KEY: metadata.to_dict(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
-    partial.replace(path)
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="mobilenet import-tutorial",
-        description="Convert a state_dict saved by the reference tutorial's MobileNet into a checkpoint that "
-        "`mobilenet test`, `predict` and `export` accept.",
-    )
-    parser.add_argument("weights", help="the tutorial's .pth file")
-    parser.add_argument("--output", required=True, help="the .ckpt to write")
-    parser.add_argument("--dataset", choices=("cifar10", "cifar100"), help="default: from the number of classes")
-    parser.add_argument("--data_dir", default="data", help="folder holding the dataset, for its class names")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    output = Path(args.output)
-    if output.suffix != ".ckpt":
-        raise UsageError(f"--output '{output}' should end in .ckpt, the checkpoint suffix the other commands expect.")
-    try:
-        loaded = torch.load(args.weights, map_location="cpu", weights_only=True)
-    except Exception as err:  # missing, truncated or a pickle of arbitrary objects
-        raise UsageError(f"'{args.weights}' could not be read as a PyTorch state_dict ({first_line(err)}).") from err
-    net_state, model = convert_state_dict(unwrap(loaded, args.weights))
-    dataset = args.dataset or {10: "cifar10", 100: "cifar100"}.get(model["num_classes"])
-    if dataset is None:
-        raise UsageError(f"The tutorial's network has {model['num_classes']} outputs; CIFAR has 10 or 100.")
-    write_checkpoint(net_state, model, dataset, args.data_dir, output)
-    print(
-        f"Wrote {output}: MobileNetV1 α = {model['width_mult']:g}, {model['num_classes']} classes ({dataset}), "
-        f"stride-1 stem with ReLU, ReLU6 in the blocks. Evaluate it with "
-        f"`mobilenet test --config configs/{dataset}.yaml --ckpt_path {output}`."
-    )
-    return 0

@@ -1,17 +1,17 @@
-"""``mobilenet classify``: the top classes of image files under a trained checkpoint, as text, JSON or a picture."""
+"""``mobilenet classify``: the top classes of image files under a trained model, as text, JSON or a picture."""
 
-import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Optional
 
 import torch
 from tqdm import tqdm
 
+from mobilenet.commands.grammar import command_parser, parse, settle_model
+from mobilenet.data.images import find_images, fit_to, read_image
+from mobilenet.deploy.classifier import BACKENDS, open_classifier
 from mobilenet.errors import UsageError
-from mobilenet.images import find_images, fit_to, read_image
-from mobilenet.inference import Classifier
 
 # Files read and classified together; bounds memory for a folder of any size.
 CHUNK = 64
@@ -20,32 +20,32 @@ GRID_MAX = 64
 THUMBNAIL = 96  # pixels per side of each image in the --grid picture
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="mobilenet classify",
-        description="Classify image files (PNG, JPEG, BMP, WebP; RGB, RGBA, greyscale or palette; any size) with a "
-        "trained checkpoint. Each image is resized to the checkpoint's resolution and normalised as in training.",
+def parse_arguments(argv: list[str]):
+    parser = command_parser(
+        "classify",
+        "Classify image files (PNG, JPEG, BMP, WebP; RGB, RGBA, greyscale or palette; any size) with a trained "
+        "model: the shipped one when neither --ckpt_path nor a run (--config, --run_name) is given. Each image is "
+        "turned upright (EXIF), centre-cropped, resized to the model's resolution and normalised as in training.",
     )
     parser.add_argument("images", nargs="+", help="image files, or folders searched for image files")
     parser.add_argument(
-        "--ckpt_path", required=True, help="checkpoint written by `mobilenet fit`, or a file `mobilenet export` wrote"
-    )
-    parser.add_argument(
         "--backend",
-        choices=("auto", "torch", "onnxruntime"),
+        choices=BACKENDS,
         default="auto",
         help="auto (default): ONNX Runtime for an exported .onnx file, PyTorch for everything else",
     )
     parser.add_argument("--topk", type=int, default=3, help="classes to show per image (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("--grid", metavar="OUT.png", help="also write a picture of the images with their top class")
+    parser.add_argument(
+        "--grid", type=Optional[str], default=None, help="also write a picture (OUT.png) of the images and top classes"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if any")
-    args = parser.parse_args(argv)
+    args, given = parse(parser, argv)
     if args.topk < 1:
         raise UsageError(f"--topk must be at least 1, got {args.topk}.")
     if args.grid and Path(args.grid).suffix.lower() != ".png":
         raise UsageError(f"--grid writes a PNG picture; give a file name ending in .png, not '{args.grid}'.")
-    return args
+    return args, given
 
 
 def top_classes(probabilities: torch.Tensor, class_names: list[str], k: int) -> list[list[dict]]:
@@ -60,20 +60,11 @@ def as_text(path: Path, top: list[dict]) -> str:
     return f"{path}: " + ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in top)
 
 
-def open_classifier(path: str, backend: str, device: str) -> tuple[list[str], int, Callable]:
-    """(class names, resolution, uint8 images → probabilities) of a checkpoint, or of an export (backends.py)."""
-    if Path(path).suffix.lower() == ".ckpt" and backend != "onnxruntime":
-        classifier = Classifier.from_checkpoint(path, device)
-        return classifier.class_names, classifier.resolution, classifier.probabilities
-    from mobilenet.backends import load_classifier  # onnxruntime is imported only when asked for
-
-    exported = load_classifier(path, backend)
-    return exported.class_names, exported.resolution, lambda images: exported.logits(images).softmax(dim=1)
-
-
 def main(argv: list[str]) -> int:
-    args = parse(argv)
-    class_names, resolution, probabilities_of = open_classifier(args.ckpt_path, args.backend, args.device)
+    args, given = parse_arguments(argv)
+    source = settle_model(args, "classify", given)
+    classifier = open_classifier(source.checkpoint, args.backend, args.device)
+    class_names, resolution = classifier.class_names, classifier.resolution
     files = find_images(args.images)
     results: list[dict] = []
     thumbnails: list[tuple[torch.Tensor, str]] = []
@@ -91,7 +82,7 @@ def main(argv: list[str]) -> int:
         if readable:
             batch = torch.stack([fit_to(image, resolution) for _, image in readable])
             for (path, image), top in zip(
-                readable, top_classes(probabilities_of(batch), class_names, args.topk), strict=True
+                readable, top_classes(classifier.probabilities(batch), class_names, args.topk), strict=True
             ):
                 results.append({"file": str(path), "top": top})
                 if not args.json:
@@ -104,7 +95,7 @@ def main(argv: list[str]) -> int:
         progress.update(len(files[start : start + CHUNK]))
     progress.close()
     if args.json:
-        print(json.dumps({"checkpoint": str(args.ckpt_path), "results": results}, indent=2))
+        print(json.dumps({"checkpoint": str(source.checkpoint), "results": results}, indent=2))
     if args.grid and thumbnails:
         from mobilenet import plots  # matplotlib is only imported when a picture is asked for
 

@@ -1,0 +1,99 @@
+"""The ``mobilenet`` command: nine subcommands, one grammar (``grammar.py``), each module imported only when asked for.
+
+Each command module has ``main(argv: list[str]) -> int | None``; ``fit``, ``validate``, ``test`` and
+``predict`` are LightningCLI's (``lightning.py``). A mistake a user can fix (``UsageError``) is printed as one
+paragraph without a traceback, and the command exits with status 1.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+import warnings
+from typing import Optional
+
+from mobilenet import __version__
+from mobilenet.errors import UsageError
+
+# name: (module, one line of help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fit": ("mobilenet.commands.lightning", "train a run (--ckpt_path last resumes it)"),
+    "validate": ("mobilenet.commands.lightning", "accuracy of a checkpoint on its validation split"),
+    "test": ("mobilenet.commands.lightning", "accuracy of a checkpoint on the test split"),
+    "predict": ("mobilenet.commands.lightning", "a checkpoint's predictions for the test split, as a CSV file"),
+    "classify": ("mobilenet.commands.classify", "top classes of image files (the shipped model by default)"),
+    "report": ("mobilenet.commands.report", "curves, confusion matrix, per-class accuracy and labelled images"),
+    "summary": ("mobilenet.commands.summary", "parameters and mult-adds by layer type (the paper's Table 2)"),
+    "export": ("mobilenet.commands.export", "a checkpoint as ONNX, TorchScript, state_dict or safetensors"),
+    "import-tutorial": ("mobilenet.commands.import_tutorial", "the reference tutorial's .pth weights as a checkpoint"),
+}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def top_level_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mobilenet",
+        description="Train, evaluate and use MobileNetV1 on CIFAR-10/100 and image folders. Every command takes "
+        "--config files, dotted overrides (--model.net.width_mult 0.5, --data.data_dir DIR), --run_name and "
+        "--ckpt_path last|best|FILE.",
+        epilog="Run `mobilenet COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"mobilenet {__version__}")
+    commands = parser.add_subparsers(title="commands", dest="command")
+    for name, (_, summary) in COMMANDS.items():
+        commands.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def quiet_known_warnings() -> None:
+    """Silence what Lightning and torch say at every run that says nothing about this one."""
+    # Lightning 2.6 on torch 2.14 warns about its own use of a torch API.
+    warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    # A run folder with checkpoints in it is resumed or refused before Lightning looks (training/runs.py).
+    warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
+    # Evaluating a checkpoint again rewrites its evaluation folder (logs/<run>/eval/...), as intended.
+    warnings.filterwarnings("ignore", r"Experiment logs directory .* exists and is not empty")
+    # Evaluation restores no checkpoint callbacks on purpose: it writes no checkpoints (commands/lightning.py).
+    warnings.filterwarnings("ignore", r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint")
+    # Batches are gathered from memory in microseconds: worker processes would only add copies.
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # Predictions are numbered in the loader's own order (training/callbacks.py, PredictionWriter).
+    warnings.filterwarnings("ignore", ".*Couldn't infer the batch indices.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in r.getMessage())
+
+
+def usage_error_in(err: Optional[BaseException]) -> Optional[UsageError]:
+    """The UsageError behind ``err``: jsonargparse wraps errors raised while it instantiates ``--data``'s class
+    (a subclass type) in a ValueError of its own, raised ``from`` the original."""
+    while err is not None and not isinstance(err, UsageError):
+        err = err.__cause__
+    return err
+
+
+def run(argv: list[str], command_line: bool = False) -> Optional[int]:
+    """Run the command ``argv`` names; ``command_line``: ``argv`` is ``sys.argv[1:]`` (LightningCLI reads it itself)."""
+    if not argv or argv[0].startswith("-"):
+        parser = top_level_parser()
+        parser.parse_args(argv or ["--help"])
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        top_level_parser().error(f"'{command}' is not a command; choose one of {', '.join(COMMANDS)}.")
+    module = importlib.import_module(COMMANDS[command][0])
+    if command in LIGHTNING_COMMANDS:
+        module.build_cli(None if command_line else [command, *rest])
+        return 0
+    return module.main(rest)
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    quiet_known_warnings()
+    try:
+        code = run(sys.argv[1:] if args is None else list(args), command_line=args is None)
+    except ValueError as err:  # UsageError is a ValueError
+        usage_error = usage_error_in(err)
+        if usage_error is None:
+            raise
+        sys.exit(f"mobilenet: error: {usage_error}")
+    if code:
+        sys.exit(code)

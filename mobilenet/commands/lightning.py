@@ -1,0 +1,212 @@
+"""``fit``, ``validate``, ``test`` and ``predict``: LightningCLI over this project's run folders and checkpoints.
+
+The arguments shared with the other commands and what a checkpoint settles come from ``grammar``; this
+module adds what only training and evaluation need: the Trainer's defaults and callbacks, and where the
+loggers write.
+"""
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from mobilenet.commands.grammar import (
+    Settled,
+    add_checkpoint_argument,
+    add_config_arguments,
+    evaluation_loggers,
+    given_values,
+    settle,
+)
+from mobilenet.data.base import BatchedDataModule
+from mobilenet.errors import UsageError
+from mobilenet.training.callbacks import CompactModelSummary, LineProgress, PredictionWriter, StopOnNonFiniteLoss
+from mobilenet.training.checkpoint_io import AtomicCheckpointIO
+from mobilenet.training.module import MobileNetClassifier
+from mobilenet.training.runs import LOG_ROOT, last_checkpoint, remove_if_empty
+from mobilenet.training.tracking import (
+    RUN_ID_KEY,
+    SaveConfigEverywhere,
+    WandbRunCallback,
+    is_wandb_logger,
+    wandb_loggers,
+)
+
+TRAINER_DEFAULTS = {
+    # The DataModule's sampler shards batches across ranks itself (mobilenet/data/sampling.py).
+    "use_distributed_sampler": False,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(LOG_ROOT), "name": None},
+    },
+}
+COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def auto_precision(accelerator: object) -> str:
+    """bf16-mixed on GPUs that support it, 16-mixed on older GPUs, 32-true on the CPU."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+class MobileNetCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # --ckpt_path is this project's (last | best | FILE, see grammar.py), not the Trainer method's, and a
+        # checkpoint is always loaded as weights only (training/checkpoint_io.py).
+        return {name: skip | {"ckpt_path", "weights_only"} for name, skip in LightningCLI.subcommands().items()}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        add_config_arguments(parser)
+        add_checkpoint_argument(parser)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        command = self.config.get("subcommand")
+        if not command:
+            return
+        config = self.config[command]
+        given = given_values(parser, args, command)
+        self.settled = settle(config, command, default_ckpt=None if command == "fit" else "best", given=given)
+        if config.trainer.precision is None:
+            config.trainer.precision = auto_precision(config.trainer.accelerator)
+        loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
+        for logger in loggers:
+            if hasattr(logger, "init_args") and "name" in logger.init_args and logger.init_args.name is None:
+                logger.init_args.name = config.run_name
+        if command == "fit":
+            self.continue_wandb_run(loggers)
+        else:
+            evaluation_loggers(config, self.settled, command)
+        # LightningCLI would read the checkpoint's hyper_parameters itself and apply them (importing any class
+        # they name); settle() has applied its checked record instead, so the path is held back until then.
+        self.checkpoint_path, config.ckpt_path = config.ckpt_path, None
+
+    def continue_wandb_run(self, loggers: list) -> None:
+        """A resumed fit continues its W&B run: the id is kept in the checkpoints."""
+        artifact = self.settled.artifact
+        run_id = artifact.checkpoint.get(RUN_ID_KEY) if artifact and artifact.kind == "checkpoint" else None
+        for logger in loggers:
+            if run_id and is_wandb_logger(logger.class_path) and logger.init_args.get("id") is None:
+                logger.init_args.id = run_id
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand:
+            self.config[self.subcommand].ckpt_path = self.checkpoint_path
+
+    def after_instantiate_classes(self) -> None:
+        self.model.run_record = {"name": self.settled.run_name, "config": self.config_record()}
+        if self.settled.artifact is not None and isinstance(self.datamodule, BatchedDataModule):
+            check_classes(self.datamodule, self.settled)
+
+    def config_record(self) -> dict:
+        """The resolved config of this command, as plain data, for the checkpoints' record."""
+        import yaml
+
+        return yaml.safe_load(self.parser.dump(self.config, skip_unset=False))[self.subcommand]
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        callbacks = trainer.callbacks
+        if self.subcommand == "fit":
+            # Last in the list, so that last.ckpt is written after the best-checkpoint callback has updated the
+            # state it stores: a resume then still knows which file is the best so far.
+            callbacks.append(last_checkpoint(self.config.fit.checkpoint.dirpath))
+        else:  # evaluation writes no checkpoints, and restores no checkpoint callback's state
+            callbacks[:] = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+        callbacks.extend(WandbRunCallback(logger) for logger in wandb_loggers(trainer))
+        callbacks.append(StopOnNonFiniteLoss())
+        for index, callback in enumerate(callbacks):
+            if type(callback) is TQDMProgressBar and not sys.stdout.isatty():
+                callbacks[index] = LineProgress()  # output to a file: whole lines, not redrawn bars
+            elif type(callback) is ModelSummary:
+                callbacks[index] = CompactModelSummary(max_depth=callback._max_depth)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin is left alone
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def run(self, command: str) -> None:
+        """The Trainer method, with this project's checkpoint; a failed run leaves no empty log folder behind."""
+        # Loggers create their folder before the data is set up; a run that fails before it records anything
+        # (a bad val_size, an unreadable file) should not leave an empty version_<n> behind. (W&B's logger has
+        # no local folder of its own.)
+        folders = [Path(folder) for logger in self.trainer.loggers if (folder := getattr(logger, "log_dir", None))]
+        existing = {folder for folder in folders if folder.exists()}
+        try:
+            getattr(self.trainer, command)(self.model, datamodule=self.datamodule, ckpt_path=self.checkpoint_path)
+        except BaseException:
+            if self.trainer.is_global_zero:
+                for folder in folders:
+                    if folder not in existing:
+                        remove_if_empty(folder)
+            raise
+
+    # LightningCLI runs a method of the CLI named like the command when there is one, else the Trainer's.
+    def fit(self, **_) -> None:
+        self.run("fit")
+
+    def validate(self, **_) -> None:
+        self.run("validate")
+
+    def test(self, **_) -> None:
+        self.run("test")
+
+    def predict(self, **_) -> None:
+        self.run("predict")
+
+
+def check_classes(data: BatchedDataModule, settled: Settled) -> None:
+    """The data must have the classes the checkpoint was trained on, in the same order."""
+    trained = settled.artifact.metadata.class_names
+    now = list(data.class_names) if data.class_names else None
+    if now is None:  # CIFAR reads its class names in setup(); its number of classes is known already
+        if data.num_classes != len(trained):
+            raise UsageError(
+                f"'{settled.artifact.path}' was trained for {len(trained)} classes, but the data has "
+                f"{data.num_classes}. Use the data it was trained on, or another checkpoint."
+            )
+        return
+    if now != trained:
+        added = [name for name in now if name not in trained]
+        removed = [name for name in trained if name not in now]
+        change = "; ".join(
+            part
+            for part in (
+                f"new: {', '.join(added)}" if added else "",
+                f"missing: {', '.join(removed)}" if removed else "",
+                "same names in another order" if not added and not removed else "",
+            )
+            if part
+        )
+        raise UsageError(
+            f"The class folders differ from the {len(trained)} classes '{settled.artifact.path}' was trained on "
+            f"({change}). Its outputs would be read as the wrong classes; restore the folders as they were "
+            f"({', '.join(trained)}), or train a new run on them."
+        )
+
+
+def build_cli(args: Optional[list[str]] = None, run: bool = True) -> MobileNetCLI:
+    """Parse ``args`` (a command and its options), build model, data and trainer, and run the command."""
+    return MobileNetCLI(
+        MobileNetClassifier,
+        BatchedDataModule,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_callback=SaveConfigEverywhere,
+        # A fit writes a new version folder every time; evaluating a checkpoint again rewrites its evaluation.
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [PredictionWriter()]},
+        # The optimiser and scheduler are the model's own arguments (model.optimizer, model.lr_scheduler).
+        auto_configure_optimizers=False,
+        # Checkpoints keep their own record (mobilenet.deploy.artifacts), not the parsed config of the model.
+        load_from_checkpoint_support=False,
+        parser_kwargs={"prog": "mobilenet"},
+        args=args,
+        run=run,
+    )

@@ -1,0 +1,159 @@
+"""``mobilenet report``: the pictures and tables of a trained model and of the run that trained it.
+
+Writes into ``logs/<run>/eval/<checkpoint>/report/`` (or ``--out``):
+    curves.png, curves.csv         train loss, validation loss and accuracy per epoch (all of the run's
+                                   fit sessions, a resumed one included), when the run's logs are here
+    confusion_matrix.png           on the evaluated split (--split test or val), rows true classes
+    per_class_accuracy.csv         on that split, one row per class
+    <split>_predictions.png        8 of its images titled "label / prediction (confidence)"
+"""
+
+import csv
+import math
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from mobilenet import plots
+from mobilenet.commands.grammar import command_parser, import_class, parse, settle_model
+from mobilenet.deploy.classifier import Classifier, open_classifier
+from mobilenet.errors import UsageError
+from mobilenet.files import write_csv
+from mobilenet.training.runs import LOG_ROOT, evaluation_dir
+
+CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc")
+# metrics.csv column → curves.csv column; train/loss is the epoch mean (train/loss_step the per-batch value).
+LOGGED = {"train/loss": "train_loss", "val/loss": "val_loss", "val/acc": "val_acc"}
+VERSION = re.compile(r"version_(\d+)$")
+SPLITS = ("test", "val")
+
+
+def version_number(folder: Path) -> int:
+    match = VERSION.search(folder.name)
+    return int(match.group(1)) if match else -1
+
+
+def epoch_table(logs: Path) -> dict[str, list[float]]:
+    """One row per epoch from every fit session's metrics.csv; a later session wins for the same epoch.
+
+    Sessions of validate/test/predict (no train/loss column) are left out.
+    """
+    by_epoch: dict[int, dict[str, float]] = {}
+    for version in sorted(logs.glob("version_*"), key=version_number):
+        metrics = version / "metrics.csv"
+        if not metrics.is_file():
+            continue
+        with open(metrics) as file:
+            reader = csv.DictReader(file)
+            if "train/loss" not in (reader.fieldnames or ()):
+                continue
+            for row in reader:
+                if not row.get("epoch"):
+                    continue
+                epoch = by_epoch.setdefault(int(row["epoch"]), {})
+                for logged, column in LOGGED.items():
+                    if row.get(logged):
+                        epoch[column] = float(row[logged])
+    table: dict[str, list[float]] = {column: [] for column in CURVE_COLUMNS}
+    for epoch in sorted(by_epoch):
+        table["epoch"].append(epoch)
+        for column in CURVE_COLUMNS[1:]:
+            table[column].append(by_epoch[epoch].get(column, math.nan))
+    return table
+
+
+def write_curves(table: dict[str, list[float]], out: Path, title: str) -> list[Path]:
+    rows = (
+        [row[0], *("" if math.isnan(value) else f"{value:.6g}" for value in row[1:])]
+        for row in zip(*(table[column] for column in CURVE_COLUMNS), strict=True)
+    )
+    csv_path = write_csv(out / "curves.csv", CURVE_COLUMNS, rows)
+    return [csv_path, plots.save(plots.training_curves(table, title), out / "curves.png")]
+
+
+def split_images(data_config, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (N, 3, H, W) uint8 and labels of ``split`` of the DataModule ``data_config`` describes."""
+    data = import_class(data_config.class_path)(**data_config.init_args)
+    data.prepare_data()
+    data.setup("test" if split == "test" else "validate")
+    chosen = data.splits[split]
+    return chosen.images, chosen.labels
+
+
+def confusion(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(true class, predicted class) counts."""
+    return torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def write_split_results(
+    classifier: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    out: Path,
+    num_images: int,
+    title: str,
+    split: str,
+) -> tuple[list[Path], float]:
+    probabilities = classifier.probabilities(images, progress=True)
+    predictions = probabilities.argmax(dim=1)
+    names = classifier.class_names
+    matrix = confusion(labels, predictions, len(names))
+    accuracy = (predictions == labels).float().mean().item()
+    totals, correct = matrix.sum(dim=1).tolist(), matrix.diagonal().tolist()
+    per_class_path = write_csv(
+        out / "per_class_accuracy.csv",
+        ("class", "images", "correct", "accuracy"),
+        ((name, n, c, f"{c / n:.4f}" if n else "") for name, n, c in zip(names, totals, correct, strict=True)),
+    )
+    name = {"test": "test", "val": "validation"}[split]
+    figure = plots.confusion_matrix(matrix, names, f"{title}: {name} accuracy {accuracy:.2%} on {len(labels)} images")
+    shown = range(min(num_images, len(labels)))
+    grid = plots.image_grid(
+        [images[i] for i in shown],
+        [f"{names[labels[i]]} / {names[predictions[i]]}\n({probabilities[i, predictions[i]]:.0%})" for i in shown],
+        correct=[bool(labels[i] == predictions[i]) for i in shown],
+        title=f"{title}: {name} images, label / prediction (confidence)",
+    )
+    written = [
+        plots.save(figure, out / "confusion_matrix.png"),
+        per_class_path,
+        plots.save(grid, out / f"{split}_predictions.png"),
+    ]
+    return written, accuracy
+
+
+def main(argv: list[str]) -> int:
+    parser = command_parser(
+        "report",
+        "Training curves of a run, and a confusion matrix, per-class accuracy and labelled images of one of its "
+        "checkpoints on the test split (or the validation split, --split val).",
+    )
+    parser.add_argument("--split", choices=SPLITS, default="test", help="the split to evaluate (default test)")
+    parser.add_argument("--out", type=Optional[str], default=None, help="folder for the report files")
+    parser.add_argument("--num_images", type=int, default=8, help="images in the picture grid (default 8)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    config, given = parse(parser, argv)
+    if config.num_images < 1:
+        raise UsageError(f"--num_images must be at least 1, got {config.num_images}.")
+    source = settle_model(config, "report", given)
+    out = Path(config.out) if config.out else evaluation_dir(source.run_name, source.checkpoint) / "report"
+    logs = LOG_ROOT / source.run_name
+    written: list[Path] = []
+    table = epoch_table(logs) if logs.is_dir() else None
+    if table and table["epoch"]:
+        written += write_curves(table, out, f"{source.run_name}: training curves")
+    else:
+        print(f"No training metrics of run '{source.run_name}' in {logs}: no curves drawn.")
+    classifier = open_classifier(source.checkpoint, device=config.device)
+    images, labels = split_images(config.data, config.split)
+    files, accuracy = write_split_results(
+        classifier, images, labels, out, config.num_images, source.run_name, config.split
+    )
+    written += files
+    name = {"test": "Test", "val": "Validation"}[config.split]
+    print(f"{name} accuracy of {source.checkpoint}: {accuracy:.2%} on {len(labels)} images.")
+    for path in written:
+        print(f"Wrote {path}")
+    return 0

@@ -1,0 +1,66 @@
+"""Every file this project writes goes through ``atomic_write``: whole or not at all, never half.
+
+The content is written to a hidden ``.<name>.partial-<pid>`` file in the destination folder, flushed to the
+disk, then renamed over the destination (a rename within one file system is atomic). A process killed while
+writing, or a disk that fills up, leaves the earlier file (if any) untouched; the partial file does not end
+in the destination's suffix, so it is never taken for a checkpoint, an export or a cache.
+"""
+
+import contextlib
+import csv
+import io
+import os
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator, Sequence
+
+PARTIAL_MARK = ".partial-"
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{PARTIAL_MARK}{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Open a binary file that replaces ``path`` only when the ``with`` block ends without an exception.
+
+    Leftovers of a process killed while writing the same file are removed first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}{PARTIAL_MARK}*"):
+        stale.unlink(missing_ok=True)
+    partial = partial_path(path)
+    try:
+        with open(partial, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """``path`` holding ``text`` (UTF-8), written atomically."""
+    with atomic_write(path) as file:
+        file.write(text.encode())
+    return Path(path)
+
+
+def write_csv(path: str | os.PathLike, header: Sequence, rows: Iterable[Sequence]) -> Path:
+    """A CSV file with ``header`` and ``rows``, written atomically."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text(path, text.getvalue())
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (the same path, or links to one file)."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()

@@ -1,0 +1,162 @@
+"""Run folders: a run's name, where its files live, and what ``--ckpt_path last`` and ``best`` mean.
+
+A run named NAME keeps
+    checkpoints/NAME/            last.ckpt (rewritten after every epoch) and the best checkpoint by val/acc
+    logs/NAME/version_<n>/       one folder per `fit` session: metrics.csv, config.yaml
+    logs/NAME/eval/<checkpoint>/ what evaluating one checkpoint wrote: validate/, test/, predict/, report/
+"""
+
+import re
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from mobilenet.deploy.artifacts import read_checkpoint
+from mobilenet.errors import UsageError
+
+CHECKPOINT_ROOT = Path("checkpoints")
+LOG_ROOT = Path("logs")
+EVALUATION_FOLDER = "eval"
+DEFAULT_RUN_NAME = "default"
+LAST_NAME = "last.ckpt"
+ALIASES = ("last", "best")
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+# What a run leaves in its log folder before it has recorded anything.
+UNRECORDED_LOG_FILES = {"config.yaml", "hparams.yaml"}
+
+
+def check_run_name(name: str) -> str:
+    """A run name is a folder name under checkpoints/ and logs/, never a path that leads elsewhere."""
+    if not RUN_NAME.fullmatch(name):
+        raise UsageError(
+            f"--run_name {name!r} is not a run name: use letters, digits, '.', '_', '+' and '-' (starting with a "
+            f"letter or digit, at most 100 characters). It names the folders checkpoints/NAME and logs/NAME; "
+            f"to keep runs elsewhere, run the command from another folder."
+        )
+    return name
+
+
+def run_name_from(config_files: Optional[Sequence]) -> str:
+    """The first ``--config`` file's name without extension (``configs/cifar10.yaml`` → ``cifar10``)."""
+    for config in config_files or ():
+        path = getattr(config, "relative", None) or getattr(config, "absolute", None) or config
+        return Path(str(path)).stem
+    return DEFAULT_RUN_NAME
+
+
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("*.ckpt")) if run_dir.is_dir() else []
+
+
+def refuse_to_mix(run_dir: Path, run_name: str, ckpt_path: Optional[str]) -> None:
+    """A ``fit`` must not write into a run folder that holds another run's checkpoints.
+
+    Resuming from one of the folder's own checkpoints is the one way to continue writing there.
+    """
+    existing = checkpoint_files(run_dir)
+    if not existing or (ckpt_path and Path(ckpt_path).resolve().parent == run_dir.resolve()):
+        return
+    raise UsageError(
+        f"'{run_dir}' already holds checkpoints of an earlier run '{run_name}' "
+        f"({', '.join(p.name for p in existing)}); a fresh fit would mix two experiments' files. "
+        f"Resume that run with --ckpt_path last, start a separate one with --run_name NEW_NAME, "
+        f"or delete the folder to start over."
+    )
+
+
+def recorded_best(checkpoint: dict) -> Optional[str]:
+    """The best checkpoint's file name as the val/acc checkpoint callback recorded it when ``checkpoint`` was saved."""
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict) and state.get("monitor") and state.get("best_model_path"):
+            return Path(str(state["best_model_path"])).name
+    return None
+
+
+def best_checkpoint(run_dir: Path, run_name: str) -> Path:
+    """The run's best checkpoint, as its checkpoint callback recorded it (any file name pattern works).
+
+    Each checkpoint keeps the callback's record of the best file at the time it was saved; the newest one
+    (highest step; ``last.ckpt`` among equals) knows the latest best.
+    """
+    records = []
+    for path in checkpoint_files(run_dir):
+        checkpoint = read_checkpoint(path)
+        records.append((int(checkpoint.get("global_step") or 0), path.name == LAST_NAME, recorded_best(checkpoint)))
+    named = [name for *_, name in sorted(records, key=lambda record: record[:2], reverse=True) if name]
+    if named and (run_dir / named[0]).is_file():
+        return run_dir / named[0]
+    if named:
+        raise UsageError(
+            f"--ckpt_path best: run '{run_name}' recorded '{named[0]}' as its best checkpoint, but that file is no "
+            f"longer in '{run_dir}'. Pass a checkpoint file, or --ckpt_path last."
+        )
+    if records:
+        raise UsageError(
+            f"--ckpt_path best: run '{run_name}' has checkpoints in '{run_dir}' but none was chosen as the best, "
+            f"because no validation has run yet (e.g. --trainer.limit_val_batches 0, or stopped before the first "
+            f"epoch ended). Use --ckpt_path last."
+        )
+    raise UsageError(
+        f"--ckpt_path best: no checkpoint in '{run_dir}' (run '{run_name}'). Train the run first with "
+        f"`mobilenet fit` and the same --config / --run_name, or pass a checkpoint file path."
+    )
+
+
+def checkpoint_file(ckpt_path: str) -> Path:
+    """``--ckpt_path`` given as a path: it must be a file."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UsageError(
+            f"--ckpt_path '{ckpt_path}' is not a file. Pass a checkpoint file, or 'last' / 'best' for the checkpoints "
+            f"of the run named by --config or --run_name."
+        )
+    return path
+
+
+def resolve_checkpoint(ckpt_path: str, run_dir: Path, run_name: str, command: str) -> Optional[Path]:
+    """A checkpoint file for ``ckpt_path``: a path as given, ``last`` or ``best`` looked up in ``run_dir``.
+
+    ``fit --ckpt_path last`` with no checkpoint yet starts the run from scratch (returns None), so that a
+    job script can always pass it; every other missing checkpoint is an error.
+    """
+    if ckpt_path not in ALIASES:
+        return checkpoint_file(ckpt_path)
+    if ckpt_path == "best":
+        return best_checkpoint(run_dir, run_name)
+    if (run_dir / LAST_NAME).is_file():
+        return run_dir / LAST_NAME
+    if command == "fit":
+        print(f"No checkpoint in '{run_dir}' yet: run '{run_name}' starts from scratch.")
+        return None
+    raise UsageError(
+        f"--ckpt_path last: no {LAST_NAME} in '{run_dir}' (run '{run_name}'). Train the run first with "
+        f"`mobilenet fit` and the same --config / --run_name, or pass a checkpoint file path."
+    )
+
+
+def evaluation_dir(run_name: str, checkpoint: Path) -> Path:
+    """Where evaluating ``checkpoint`` writes: logs/<run>/eval/<checkpoint file name without .ckpt>/."""
+    return LOG_ROOT / run_name / EVALUATION_FOLDER / checkpoint.stem
+
+
+def last_checkpoint(dirpath: str) -> ModelCheckpoint:
+    """Rewrites ``<dirpath>/last.ckpt`` after every epoch.
+
+    ``ModelCheckpoint(save_last=True)`` in Lightning 2.6 rewrites last.ckpt only in epochs that also saved a
+    best file, so after an epoch without improvement ``--ckpt_path last`` would resume from an older one.
+    """
+    return ModelCheckpoint(
+        dirpath=dirpath, filename=Path(LAST_NAME).stem, monitor=None, save_top_k=1, enable_version_counter=False
+    )
+
+
+def remove_if_empty(log_dir: Path) -> None:
+    """Delete a log folder that holds nothing but the run's configuration (a run that failed before logging)."""
+    if log_dir.is_dir() and {path.name for path in log_dir.iterdir()} <= UNRECORDED_LOG_FILES:
+        shutil.rmtree(log_dir)
+        parent = log_dir.parent
+        while parent.name != LOG_ROOT.name and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()  # logs/<run>/... of a run that never logged anything
+            parent = parent.parent
