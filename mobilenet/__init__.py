@@ -1,7 +1,9 @@
 """MobileNetV1 (Howard et al., 2017) on CIFAR-10/100 with PyTorch Lightning.
 
-``from mobilenet import MobileNetV1`` gives the plain network without importing Lightning; the training
-pieces live in ``mobilenet.module`` (LightningModule), ``mobilenet.data`` (DataModule) and ``mobilenet.cli``.
+``from mobilenet import MobileNetV1`` gives the plain network without importing Lightning. The rest, by purpose:
+``mobilenet.data`` (datasets, augmentation), ``mobilenet.training`` (LightningModule, callbacks, run folders),
+``mobilenet.deploy`` (reading checkpoints and exports, the classifier interface, export) and
+``mobilenet.commands`` (the ``mobilenet`` command).
 """
 
 from mobilenet.model import MobileNetV1

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Sequence
 
+from mobilenet.errors import UsageError
+
 PARTIAL_MARK = ".partial-"
 
 
@@ -64,3 +66,15 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
     return a.resolve() == b.resolve()
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse at once, before any training, a folder the run could not write its checkpoints or logs to."""
+    existing = next((path for path in (folder, *folder.parents) if path.exists()), Path("."))
+    if not existing.is_dir():
+        raise UsageError(f"'{folder}' cannot be created: '{existing}' is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"'{existing}' is not writable, so this run could not save '{folder}'. Make it writable, or run the "
+            f"command from a folder you can write to (checkpoints/ and logs/ are made there)."
+        )

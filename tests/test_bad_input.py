@@ -4,16 +4,20 @@ and the checkpoints and logs already on disk stay exactly as they were."""
 import errno
 import hashlib
 import os
+import pickle
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import mobilenet.training.checkpoint_io
 from conftest import small_run_args
 from fake_cifar import write_archive, write_cifar100
+from fake_images import write_image_folder
 from mobilenet.commands import main
 from mobilenet.files import PARTIAL_MARK
 
@@ -175,49 +179,329 @@ def val_size_too_large(cifar10_dir, tmp):
     return ["fit", *small_run_args(cifar10_dir), "--data.val_size", "100", "--run_name", "all_validation"]
 
 
+def edited_batch(name: str, edit):
+    """A copy of the data where the pickled batch ``name`` is changed by ``edit`` (a dict -> dict or any object)."""
+
+    def make(cifar10_dir, tmp):
+        folder = copy_data(cifar10_dir, tmp / "data")
+        with open(folder / name, "rb") as file:
+            entry = pickle.load(file, encoding="latin1")
+        with open(folder / name, "wb") as file:
+            pickle.dump(edit(entry), file)
+        command = "test" if name in ("test_batch", "batches.meta") else "validate"
+        return [command, *small_run_args(tmp / "data")]
+
+    return make
+
+
+def labels_out_of_range(entry):
+    return {**entry, "labels": [12, *entry["labels"][1:]]}
+
+
+def string_pixels(entry):
+    return {**entry, "data": [["px"] * 3072 for _ in entry["labels"]]}
+
+
+def float_labels(entry):
+    return {**entry, "labels": [label + 0.5 for label in entry["labels"]]}
+
+
+def pixels_above_255(entry):
+    return {**entry, "data": entry["data"].astype("int64") + 300}
+
+
+def meta_without_names(entry):
+    return {key: value for key, value in entry.items() if key != "label_names"}
+
+
+def meta_is_a_list(entry):
+    return list(entry["label_names"])
+
+
+def five_class_names(entry):
+    return {**entry, "label_names": entry["label_names"][:5]}
+
+
+def damaged_archive(cifar10_dir, tmp):
+    folder = tmp / "archive"
+    folder.mkdir()
+    archive = write_archive(cifar10_dir, "cifar-10-batches-py", folder / "cifar-10-python.tar.gz")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    return ["test", *small_run_args(folder)]
+
+
+def random_bytes_checkpoint(cifar10_dir, tmp):
+    (tmp / "random.ckpt").write_bytes(os.urandom(5000))
+    return ["test", "--ckpt_path", str(tmp / "random.ckpt")]
+
+
+def record_naming_other_data_code(cifar10_dir, tmp):
+    def edit(checkpoint):
+        checkpoint["mobilenet"]["data"]["class_path"] = "antigravity.Fly"
+        return checkpoint
+
+    return ["test", "--ckpt_path", str(plain_checkpoint(edit)(cifar10_dir, tmp))]
+
+
+def cifar10_checkpoint_with_the_cifar100_config(cifar10_dir, tmp):
+    cifar100 = write_cifar100(tmp / "cifar100")
+    return ["test", *small_run_args(cifar100, "cifar100.yaml"), "--ckpt_path", "checkpoints/cifar10/last.ckpt"]
+
+
+def best_before_any_validation(cifar10_dir, tmp):
+    folder = Path("checkpoints/never_validated")
+    checkpoint = torch.load("checkpoints/cifar10/last.ckpt", weights_only=True, map_location="cpu")
+    checkpoint["callbacks"] = {}
+    folder.mkdir()
+    torch.save(checkpoint, folder / "last.ckpt")
+    return ["test", "--run_name", "never_validated", "--ckpt_path", "best"]
+
+
+def best_of_a_run_that_does_not_exist(cifar10_dir, tmp):
+    return ["validate", *small_run_args(cifar10_dir), "--run_name", "no_such_run"]
+
+
+def nan_std(cifar10_dir, tmp):
+    return ["fit", *small_run_args(cifar10_dir), "--data.std", "[0.2, .nan, 0.2]", "--run_name", "nan_std"]
+
+
+def unknown_data_class(cifar10_dir, tmp):
+    return ["fit", *small_run_args(cifar10_dir), "--data", "FooDataModule", "--run_name", "foo"]
+
+
+def run_name_that_is_a_path(cifar10_dir, tmp):
+    return ["fit", *small_run_args(cifar10_dir), "--run_name", "../../escaped"]
+
+
+def huge_resolution(cifar10_dir, tmp):
+    return ["fit", *small_run_args(cifar10_dir), "--data.resolution", "4096", "--run_name", "huge"]
+
+
+def width_out_of_range(cifar10_dir, tmp):
+    return ["fit", *small_run_args(cifar10_dir), "--model.net.width_mult", "3", "--run_name", "wide"]
+
+
+def not_writable(folder: str):
+    def make(cifar10_dir, tmp):
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        target.chmod(0o555)  # restored by the test after the run
+        return ["fit", *small_run_args(cifar10_dir), "--run_name", "blocked"]
+
+    return make
+
+
+def export_over_its_checkpoint(cifar10_dir, tmp):
+    last = "checkpoints/cifar10/last.ckpt"
+    return ["export", "--ckpt_path", last, "--format", "state_dict", "--output", last, "--overwrite"]
+
+
+def export_into_a_folder(cifar10_dir, tmp):
+    return ["export", "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--format", "onnx", "--output", str(tmp)]
+
+
+def export_below_a_file(cifar10_dir, tmp):
+    (tmp / "file").write_text("a file")
+    output = str(tmp / "file" / "model.onnx")
+    return ["export", "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--format", "onnx", "--output", output]
+
+
+def export_onto_an_existing_file(cifar10_dir, tmp):
+    (tmp / "model.onnx").write_text("an earlier export")
+    output = str(tmp / "model.onnx")
+    return ["export", "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--format", "onnx", "--output", output]
+
+
+def import_over_a_runs_checkpoint(cifar10_dir, tmp):
+    from tutorial_net import TutorialMobileNet
+
+    torch.save(TutorialMobileNet(num_classes=10).state_dict(), tmp / "tutorial.pth")
+    return ["import-tutorial", str(tmp / "tutorial.pth"), "--output", "checkpoints/cifar10/last.ckpt",
+            "--data.data_dir", str(cifar10_dir)]  # fmt: skip
+
+
+def import_a_foreign_state_dict(cifar10_dir, tmp):
+    torch.save({"fc.weight": torch.zeros(10, 4)}, tmp / "other.pth")
+    return ["import-tutorial", str(tmp / "other.pth"), "--output", str(tmp / "imported.ckpt")]
+
+
+def classify_on_a_missing_gpu(cifar10_dir, tmp):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here")
+    return ["classify", str(image(tmp)), "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--device", "cuda"]
+
+
+def classify_with_a_damaged_export(suffix: str):
+    def make(cifar10_dir, tmp):
+        model = tmp / f"model{suffix}"
+        model.write_bytes(os.urandom(3000))
+        return ["classify", str(image(tmp)), "--ckpt_path", str(model)]
+
+    return make
+
+
+def classify_grid_that_is_no_png(cifar10_dir, tmp):
+    grid = str(tmp / "grid.jpg")
+    return ["classify", str(image(tmp)), "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--grid", grid]
+
+
+def classify_top_zero(cifar10_dir, tmp):
+    return ["classify", str(image(tmp)), "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--topk", "0"]
+
+
+def report_without_images(cifar10_dir, tmp):
+    return ["report", "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--num_images", "0"]
+
+
+def summary_at_resolution_zero(cifar10_dir, tmp):
+    return ["summary", "--data.resolution", "0"]
+
+
+def one_class_folder(cifar10_dir, tmp):
+    root = write_image_folder(tmp / "images")
+    for name in ("bird", "dog"):
+        shutil.rmtree(root / "train" / name)
+    return ["fit", "--data", "ImageFolderDataModule", "--data.root", str(root), "--run_name", "one_class"]
+
+
+def empty_class_folder(cifar10_dir, tmp):
+    root = write_image_folder(tmp / "images")
+    for path in (root / "train" / "dog").iterdir():
+        path.unlink()
+    return ["fit", "--data", "ImageFolderDataModule", "--data.root", str(root), "--data.val_size", "10",
+            "--run_name", "empty_class"]  # fmt: skip
+
+
+def renamed_class_folder(cifar10_dir, tmp):
+    root = write_image_folder(tmp / "images")
+    fit = ["--data", "ImageFolderDataModule", "--data.root", str(root), "--data.val_size", "10",
+           "--model.net.width_mult", "0.25", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+           "--run_name", "folders"]  # fmt: skip
+    run("fit", *fit)
+    (root / "train" / "cat").rename(root / "train" / "kitten")
+    return ["validate", "--ckpt_path", "checkpoints/folders/last.ckpt"]
+
+
+def image(tmp: Path) -> Path:
+    path = tmp / "picture.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(path)
+    return path
+
+
 # (case, command builder, what the message must say)
 MATRIX = [
+    # The dataset's files
     ("missing dataset file", missing_file, ["CIFAR-10 is incomplete in", "missing: data_batch_3", "--data.data_dir"]),
     ("truncated dataset file", truncated_file, ["data_batch_2' could not be read", "truncated or corrupt"]),
     ("corrupt dataset file", corrupt_file, ["test_batch' could not be read", "official CIFAR-10 archive"]),
     ("checksum mismatch", checksum_mismatch, ["do not match the official checksums", "--data.verify false"]),
     ("data_dir is a file", data_dir_is_a_file, ["data.txt' is a file, not a folder"]),
     ("data_dir not writable", data_dir_not_writable, ["readonly' is not writable", "writable folder"]),
+    ("labels out of range", edited_batch("data_batch_1", labels_out_of_range), ["labels must lie in [0, 10), found"]),
+    ("pixels given as strings", edited_batch("data_batch_1", string_pixels), ["'data' must be whole numbers"]),
+    ("labels given as floats", edited_batch("data_batch_1", float_labels), ["'labels' must be 20 whole numbers"]),
+    ("pixel values above 255", edited_batch("data_batch_1", pixels_above_255), ["pixel values must lie in [0, 255]"]),
+    ("meta file without names", edited_batch("batches.meta", meta_without_names), ["does not hold the 10 class names"]),
+    ("meta file that is a list", edited_batch("batches.meta", meta_is_a_list), ["does not hold the 10 class names"]),
+    ("five class names for ten", edited_batch("batches.meta", five_class_names), ["does not hold the 10 class names"]),
+    ("damaged archive", damaged_archive, ["could not be unpacked", "Nothing was extracted"]),
+    # Checkpoints
     ("checkpoint for other classes", other_classes, ["trained for 10 classes, but the data has 100"]),
     ("checkpoint for other width", other_width, ["weights do not fit this network", "pick a checkpoint of this run"]),
-    ("truncated checkpoint", truncated_checkpoint, ["cut.ckpt' could not be read", "truncated"]),
+    ("truncated checkpoint", truncated_checkpoint, ["cut.ckpt' is not a file saved by PyTorch, or it is truncated"]),
     ("foreign checkpoint", foreign_checkpoint, ["state_dict.pt' is a bare state_dict without the record"]),
     ("checkpoint with code", checkpoint_with_code, ["evil.ckpt' holds Python objects", "can run arbitrary code"]),
+    ("random bytes as checkpoint", random_bytes_checkpoint, ["random.ckpt' is not a file saved by PyTorch"]),
+    ("record naming other data code", record_naming_other_data_code, ["antigravity.Fly, which is not one of this"]),
+    ("CIFAR-10 checkpoint, CIFAR-100 config", cifar10_checkpoint_with_the_cifar100_config,
+     ["trained on cifar10 (10 classes), but the config says --data.dataset cifar100"]),  # fmt: skip
+    ("best before any validation", best_before_any_validation, ["none was chosen as the best", "--ckpt_path last"]),
+    ("best of a run never trained", best_of_a_run_that_does_not_exist, ["no checkpoint in 'checkpoints/no_such_run'"]),
+    ("renamed class folder", renamed_class_folder, ["new: kitten; missing: cat", "restore the folders"]),
+    # Options and configs
     ("unknown option", unknown_option, ["widht_mult"]),
     ("unknown config key", unknown_config_key, ["widht_mult"]),
     ("wrong type", wrong_type, ["batch_size", "many"]),
     ("batch size 0", zero_batch_size, ["batch_size must be at least 1, got 0"]),
     ("val_size too large", val_size_too_large, ["val_size=100 leaves no training images", "below 100"]),
+    ("NaN in --data.std", nan_std, ["std must be three finite numbers"]),
+    ("unknown --data class", unknown_data_class, ["choose CIFARDataModule or ImageFolderDataModule"]),
+    ("run name that is a path", run_name_that_is_a_path, ["'../../escaped' is not a run name"]),
+    ("huge resolution", huge_resolution, ["resolution must be between 1 and 1024 pixels, got 4096"]),
+    ("width out of range", width_out_of_range, ["width_mult (α) must lie in (0, 2], got 3"]),
+    ("one class folder", one_class_folder, ["needs a folder per class, at least two (found only 'cat')"]),
+    ("empty class folder", empty_class_folder, ["class folder(s) dog", "hold no readable image"]),
+    # Where the results go
+    ("logs not writable", not_writable("logs"), ["'logs' is not writable"]),
+    ("checkpoints not writable", not_writable("checkpoints"), ["'checkpoints' is not writable"]),
+    ("export over its checkpoint", export_over_its_checkpoint, ["is the file being exported"]),
+    ("export into a folder", export_into_a_folder, ["is a folder; give a file name"]),
+    ("export below a file", export_below_a_file, ["file' is a file, not a folder"]),
+    ("export onto an existing file", export_onto_an_existing_file, ["already exists and is kept", "--overwrite"]),
+    ("import over a run's checkpoint", import_over_a_runs_checkpoint, ["last.ckpt' already exists and is kept"]),
+    ("import a foreign state_dict", import_a_foreign_state_dict, ["not a state_dict of the tutorial's MobileNet"]),
+    # Using a model
+    ("classify on a missing GPU", classify_on_a_missing_gpu, ["asks for a CUDA GPU, but PyTorch sees none"]),
+    ("classify with a damaged .pt", classify_with_a_damaged_export(".pt"), ["model.pt' is not a file saved by"]),
+    ("classify with a damaged .onnx", classify_with_a_damaged_export(".onnx"), ["could not be read as an ONNX"]),
+    ("classify grid that is no PNG", classify_grid_that_is_no_png, ["--grid writes a PNG picture"]),
+    ("classify top 0", classify_top_zero, ["--topk must be at least 1, got 0"]),
+    ("report without images", report_without_images, ["--num_images must be at least 1, got 0"]),
+    ("summary at resolution 0", summary_at_resolution_zero, ["--data.resolution must be a whole number of pixels"]),
 ]
+# Cases about permissions run as a separate process without the capabilities that let root write anywhere
+# (CAP_DAC_OVERRIDE and the rest), so that they test the same thing for root as for any other user.
+UNPRIVILEGED = {"data_dir not writable", "logs not writable", "checkpoints not writable"}
+MOBILENET = str(Path(sys.executable).parent / "mobilenet")
 
 
-def writes_into_read_only_folders(tmp_path: Path) -> bool:
-    probe = tmp_path / "probe"
-    probe.mkdir(mode=0o555)
-    return os.access(probe, os.W_OK)
+def fails_unprivileged(*args: str) -> str:
+    """Run the console script as a user whom file permissions apply to; return what it printed on failure."""
+    command = [MOBILENET, args[0], *QUIET, *args[1:]]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0, result.stdout
+    return result.stderr
+
+
+def test_the_matrix_covers_at_least_fifty_mistakes():
+    assert len(MATRIX) >= 50 and len({case for case, *_ in MATRIX}) == len(MATRIX)
 
 
 @pytest.mark.parametrize("case, make_args, expected", MATRIX, ids=[case for case, _, _ in MATRIX])
 def test_bad_input_is_explained_and_nothing_is_lost(
     case, make_args, expected, workdir, cifar10_dir, tmp_path, monkeypatch, capsys
 ):
-    if case == "data_dir not writable" and writes_into_read_only_folders(tmp_path):
-        pytest.skip("this user (root) may write into read-only folders")
     monkeypatch.chdir(workdir)
     monkeypatch.setattr(sys, "argv", ["mobilenet"])
-    args = make_args(cifar10_dir, tmp_path)
     before = snapshot(workdir)
-    message = fails(*args, capsys=capsys)
-    assert "Traceback" not in message
+    args = make_args(cifar10_dir, tmp_path)
+    capsys.readouterr()  # what setting the case up printed
+    try:
+        message = fails_unprivileged(*args) if case in UNPRIVILEGED else fails(*args, capsys=capsys)
+    finally:
+        for folder in ("logs", "checkpoints"):
+            (workdir / folder).chmod(0o755)
+    assert "Traceback" not in message and "weights_only=False" not in message
+    assert message.count("error:") == 1, f"{case}: not one message:\n{message}"
     for text in expected:
         assert text in message, f"{case}: {text!r} not in {message!r}"
-    assert snapshot(workdir) == before, "existing checkpoints or logs changed, or a failed run left files"
+    after = snapshot(workdir)
+    assert all(after.get(path) == digest for path, digest in before.items()), "an existing file changed or went"
+    assert set(after) - set(before) <= set(made_by_the_case(case)), f"{case} left files: {set(after) - set(before)}"
     assert not (tmp_path / "code-ran").exists(), "loading a checkpoint ran code stored in it"
+    assert not list(workdir.rglob(f"*{PARTIAL_MARK}*")) and not list(tmp_path.rglob(".extracting-*"))
+
+
+def made_by_the_case(case: str) -> list[str]:
+    """Files a case sets up itself before the command it checks (a checkpoint to use, a run to break)."""
+    if case == "best before any validation":
+        return ["checkpoints/never_validated/last.ckpt"]
+    if case == "renamed class folder":
+        return [str(p) for folder in ("checkpoints/folders", "logs/folders") for p in Path(folder).rglob("*")
+                if p.is_file()]  # fmt: skip
+    return []
 
 
 @pytest.mark.slow

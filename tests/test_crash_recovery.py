@@ -39,6 +39,8 @@ def test_a_run_killed_mid_epoch_resumes_from_the_last_epoch_end_checkpoint(tmp_p
         "1",
         "--trainer.logger.init_args.flush_logs_every_n_steps",
         "1",
+        "--trainer.deterministic",
+        "true",
     ]
     stderr = tmp_path / "fit.err"
     metrics = tmp_path / "logs/cifar10/version_0/metrics.csv"
@@ -60,7 +62,8 @@ def test_a_run_killed_mid_epoch_resumes_from_the_last_epoch_end_checkpoint(tmp_p
     run_dir = tmp_path / "checkpoints" / "cifar10"
     last = torch.load(run_dir / "last.ckpt", weights_only=True, map_location="cpu")  # whole, and readable
     assert (last["epoch"], last["global_step"]) == (0, STEPS_PER_EPOCH)
-    assert not [path.name for path in run_dir.iterdir() if not path.name.endswith(".ckpt")]
+    # Only checkpoints, and the lock file the killed process could not remove (the next fit takes it over).
+    assert not [path.name for path in run_dir.iterdir() if not path.name.endswith(".ckpt") and path.name != ".lock"]
     assert any(row["val/acc"] for row in csv_rows(tmp_path / "logs/cifar10/version_0/metrics.csv")), "epoch 0 lost"
 
     resumed = subprocess.run(
@@ -74,3 +77,13 @@ def test_a_run_killed_mid_epoch_resumes_from_the_last_epoch_end_checkpoint(tmp_p
     final = torch.load(run_dir / "last.ckpt", weights_only=True, map_location="cpu")
     assert final["global_step"] == 2 * STEPS_PER_EPOCH
     assert sorted(p.name for p in (tmp_path / "logs/cifar10").iterdir()) == ["version_0", "version_1"]
+
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    done = subprocess.run([MOBILENET, "fit", *args, "--trainer.max_epochs", "2"], cwd=straight, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    expected = torch.load(straight / "checkpoints/cifar10/last.ckpt", weights_only=True, map_location="cpu")
+    assert all(torch.equal(final["state_dict"][key], value) for key, value in expected["state_dict"].items()), (
+        "resuming from the last epoch end must give the weights of an uninterrupted run"
+    )

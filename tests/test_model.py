@@ -82,8 +82,26 @@ def test_initialisation():
     pointwise = model.features[-1].pointwise[0]
     expected = (2 / pointwise.out_channels) ** 0.5
     assert abs(pointwise.weight.std().item() - expected) / expected < 0.05
-    assert any(isinstance(m, nn.ReLU6) for m in model.modules())
-    assert model.dropout.p == 0.2
+
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        model.train()  # dropout 0.2 before the classifier: two passes differ in training, never in evaluation
+        assert not torch.equal(model(images), model(images))
+        model.eval()
+        assert torch.equal(model(images), model(images))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"width_mult": 0.33, "num_classes": 7}, {"stem_stride": 2, "dropout": 0.1},
+                                    {"activation": "relu6", "stem_activation": "relu"}])  # fmt: skip
+def test_the_recorded_arguments_rebuild_the_same_network(kwargs):
+    """Checkpoints and exports store ``net.arguments``; ``MobileNetV1(**arguments)`` must take the weights back."""
+    net = MobileNetV1(**kwargs)
+    rebuilt = MobileNetV1(**net.arguments)
+    rebuilt.load_state_dict(net.state_dict())  # same layers, same shapes
+    assert [type(m) for m in rebuilt.modules()] == [type(m) for m in net.modules()]
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(images), net.eval()(images))
 
 
 @pytest.mark.parametrize(

@@ -85,13 +85,16 @@ def test_optimiser_and_one_cycle_schedule_come_from_the_config(in_tmp, cifar10_d
     assert len(lrs) == 2 and lrs[1] > lrs[0]  # warming up towards max_lr
 
 
-def test_default_optimiser_is_adam_at_1e_3():
-    optimiser = MobileNetClassifier(MobileNetV1(width_mult=0.25)).configure_optimizers()
-    assert isinstance(optimiser, torch.optim.Adam) and optimiser.defaults["lr"] == 1e-3
-
-
-def test_label_smoothing_reaches_the_loss():
-    assert MobileNetClassifier(MobileNetV1(width_mult=0.25), label_smoothing=0.1).criterion.label_smoothing == 0.1
+def test_label_smoothing_mixes_the_uniform_distribution_into_the_targets():
+    torch.manual_seed(0)
+    model = MobileNetClassifier(MobileNetV1(width_mult=0.25), label_smoothing=0.1).eval()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 3, 5, 9])
+    with torch.no_grad():
+        loss = model.shared_step((images, labels), model.val_metrics)
+        log_p = model(images).log_softmax(dim=1)
+    # (1 - ε) · cross-entropy with the label + ε · cross-entropy with the uniform distribution over 10 classes
+    expected = 0.9 * -log_p[torch.arange(4), labels].mean() + 0.1 * -log_p.mean(dim=1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_a_checkpoint_alone_rebuilds_the_model(in_tmp, cifar10_dir):

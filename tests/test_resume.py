@@ -94,7 +94,7 @@ def test_unreadable_checkpoint_files_are_named(in_tmp, cifar10_dir, content):
     good = (in_tmp / "checkpoints" / "cifar10" / "last.ckpt").read_bytes()
     bad = in_tmp / "bad.ckpt"
     bad.write_bytes(good[: len(good) // 2] if content == "truncated" else b"hello")
-    with pytest.raises(UsageError, match="bad.ckpt' could not be read"):
+    with pytest.raises(UsageError, match="bad.ckpt' is not a file saved by PyTorch, or it is truncated"):
         run("test", cifar10_dir, "--ckpt_path", str(bad))
 
 

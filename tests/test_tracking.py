@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 from conftest import CONFIGS, small_run_args
 from fake_cifar import CIFAR10_NAMES
+from mobilenet.errors import UsageError
+from mobilenet.training import tracking
 from mobilenet.training.tracking import RUN_ID_KEY, WandbLogger
 from wandb_records import item_key, of_type
 
@@ -110,7 +113,20 @@ def test_an_api_key_means_online_with_checkpoint_artifacts(monkeypatch, tmp_path
     offline = WandbLogger(log_model=True)  # Lightning alone would refuse log_model with offline
     assert offline.offline and offline.kept_checkpoints_local
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(tracking, "server_unreachable", lambda: "")  # as if the server answered
     online = WandbLogger(log_model=True)
     assert not online.offline and online._log_model is True
     # The CLI passes wandb.init's unset arguments as None; continuing a run by its id needs resume="allow".
     assert WandbLogger(id="abc123", resume=None)._wandb_init["resume"] == "allow"
+
+
+def test_without_a_network_the_run_goes_offline_at_once_or_stops_if_online_was_asked_for(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    started = time.monotonic()
+    logger = WandbLogger(save_dir=str(tmp_path))
+    assert logger.offline and "127.0.0.1:9 cannot be reached" in logger.offline_reason
+    with pytest.raises(UsageError, match="set to record online .offline: false., but the server 127.0.0.1:9"):
+        WandbLogger(save_dir=str(tmp_path), offline=False)
+    assert time.monotonic() - started < 15

@@ -79,6 +79,9 @@ def run(argv: list[str], command_line: bool = False) -> Optional[int]:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         top_level_parser().error(f"'{command}' is not a command; choose one of {', '.join(COMMANDS)}.")
+    from mobilenet.commands.grammar import check_data_choice
+
+    check_data_choice(rest)
     module = importlib.import_module(COMMANDS[command][0])
     if command in LIGHTNING_COMMANDS:
         module.build_cli(None if command_line else [command, *rest])

@@ -12,6 +12,8 @@ from mobilenet.commands.grammar import command_parser, parse, settle_model
 from mobilenet.data.images import find_images, fit_to, read_image
 from mobilenet.deploy.classifier import BACKENDS, open_classifier
 from mobilenet.errors import UsageError
+from mobilenet.files import check_writable
+from mobilenet.progress import progress
 
 # Files read and classified together; bounds memory for a folder of any size.
 CHUNK = 64
@@ -45,6 +47,8 @@ def parse_arguments(argv: list[str]):
         raise UsageError(f"--topk must be at least 1, got {args.topk}.")
     if args.grid and Path(args.grid).suffix.lower() != ".png":
         raise UsageError(f"--grid writes a PNG picture; give a file name ending in .png, not '{args.grid}'.")
+    if args.grid:
+        check_writable(Path(args.grid).parent)
     return args, given
 
 
@@ -69,7 +73,7 @@ def main(argv: list[str]) -> int:
     results: list[dict] = []
     thumbnails: list[tuple[torch.Tensor, str]] = []
     failed = 0
-    progress = tqdm(total=len(files), desc="Classifying", unit="image", disable=len(files) <= CHUNK, file=sys.stderr)
+    bar = progress(total=len(files), desc="Classifying", unit="image", disable=len(files) <= CHUNK, file=sys.stderr)
     for start in range(0, len(files), CHUNK):
         readable: list[tuple[Path, torch.Tensor]] = []
         for path in files[start : start + CHUNK]:
@@ -92,8 +96,8 @@ def main(argv: list[str]) -> int:
                 if args.grid and len(thumbnails) < GRID_MAX:
                     title = f"{path.name[:18]}\n{top[0]['class']} {top[0]['probability']:.0%}"
                     thumbnails.append((fit_to(image, THUMBNAIL), title))
-        progress.update(len(files[start : start + CHUNK]))
-    progress.close()
+        bar.update(len(files[start : start + CHUNK]))
+    bar.close()
     if args.json:
         print(json.dumps({"checkpoint": str(source.checkpoint), "results": results}, indent=2))
     if args.grid and thumbnails:

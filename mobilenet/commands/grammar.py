@@ -61,6 +61,21 @@ CKPT_HELP = (
 )
 
 
+def check_data_choice(argv: list[str]) -> None:
+    """``--data NAME`` must name one of the DataModules (jsonargparse's own message does not list them)."""
+    for i, arg in enumerate(argv):
+        following = argv[i + 1] if arg == "--data" and i + 1 < len(argv) else None
+        value = arg.split("=", 1)[1] if arg.startswith("--data=") else following
+        if value is None or "." in value or value.lstrip().startswith("{") or Path(value).exists():
+            continue  # a class path, an inline config or a config file: jsonargparse checks those
+        names = [short(path) for path in DATA_CLASSES]
+        if value not in names:
+            raise UsageError(
+                f"--data {value} is not a dataset class here; choose {' or '.join(names)} (or give the full class path "
+                f"of your own BatchedDataModule subclass)."
+            )
+
+
 def add_config_arguments(parser: LightningArgumentParser) -> None:
     """What every command's parser shares; ``fit``'s parser gets the rest (trainer, model, data) from LightningCLI."""
     parser.add_argument("--run_name", type=Optional[str], default=None, help=RUN_NAME_HELP)
@@ -308,9 +323,9 @@ def describe_data(record: dict) -> str:
     )
 
 
-def evaluation_loggers(config: Namespace, settled: Settled, command: str) -> None:
+def evaluation_loggers(config: Namespace, settled: Settled, command: str) -> Path:
     """Point the CSV loggers of validate/test/predict at logs/<run>/eval/<checkpoint>/<command>/, away from the
-    training sessions' version folders."""
+    training sessions' version folders; returns that folder."""
     loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
     folder = evaluation_dir(settled.run_name, settled.checkpoint)
     for logger in loggers:
@@ -318,3 +333,4 @@ def evaluation_loggers(config: Namespace, settled: Settled, command: str) -> Non
             logger.init_args.save_dir = str(folder)
             logger.init_args.name = ""
             logger.init_args.version = command
+    return folder / command

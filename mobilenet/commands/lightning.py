@@ -5,6 +5,7 @@ module adds what only training and evaluation need: the Trainer's defaults and c
 loggers write.
 """
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -24,11 +25,26 @@ from mobilenet.commands.grammar import (
     settle,
 )
 from mobilenet.data.base import BatchedDataModule
+from mobilenet.deploy.artifacts import first_line
 from mobilenet.errors import UsageError
-from mobilenet.training.callbacks import CompactModelSummary, LineProgress, PredictionWriter, StopOnNonFiniteLoss
+from mobilenet.files import check_writable
+from mobilenet.training.callbacks import (
+    CompactModelSummary,
+    LineProgress,
+    PredictionWriter,
+    Preemption,
+    StopOnNonFiniteLoss,
+)
 from mobilenet.training.checkpoint_io import AtomicCheckpointIO
 from mobilenet.training.module import MobileNetClassifier
-from mobilenet.training.runs import LOG_ROOT, last_checkpoint, remove_if_empty
+from mobilenet.training.runs import (
+    LAST_NAME,
+    LOG_ROOT,
+    RunLock,
+    is_launching_process,
+    last_checkpoint,
+    remove_if_empty,
+)
 from mobilenet.training.tracking import (
     RUN_ID_KEY,
     SaveConfigEverywhere,
@@ -82,8 +98,14 @@ class MobileNetCLI(LightningCLI):
                 logger.init_args.name = config.run_name
         if command == "fit":
             self.continue_wandb_run(loggers)
+            for folder in (self.settled.run_dir, LOG_ROOT / config.run_name):
+                check_writable(folder)
+            if is_launching_process():
+                RunLock.acquire(self.settled.run_dir, config.run_name)
+            stop_if_finished(config, self.settled)
+            self.resume_hint = resume_command(sys.argv[1:] if args is None else args)
         else:
-            evaluation_loggers(config, self.settled, command)
+            check_writable(evaluation_loggers(config, self.settled, command))
         # LightningCLI would read the checkpoint's hyper_parameters itself and apply them (importing any class
         # they name); settle() has applied its checked record instead, so the path is held back until then.
         self.checkpoint_path, config.ckpt_path = config.ckpt_path, None
@@ -117,7 +139,9 @@ class MobileNetCLI(LightningCLI):
         if self.subcommand == "fit":
             # Last in the list, so that last.ckpt is written after the best-checkpoint callback has updated the
             # state it stores: a resume then still knows which file is the best so far.
-            callbacks.append(last_checkpoint(self.config.fit.checkpoint.dirpath))
+            last = last_checkpoint(self.config.fit.checkpoint.dirpath)
+            callbacks.append(last)
+            callbacks.append(Preemption(Path(last.dirpath) / LAST_NAME, self.resume_hint))
         else:  # evaluation writes no checkpoints, and restores no checkpoint callback's state
             callbacks[:] = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
         callbacks.extend(WandbRunCallback(logger) for logger in wandb_loggers(trainer))
@@ -140,11 +164,18 @@ class MobileNetCLI(LightningCLI):
         existing = {folder for folder in folders if folder.exists()}
         try:
             getattr(self.trainer, command)(self.model, datamodule=self.datamodule, ckpt_path=self.checkpoint_path)
-        except BaseException:
+        except BaseException as err:
             if self.trainer.is_global_zero:
                 for folder in folders:
                     if folder not in existing:
                         remove_if_empty(folder)
+            if out_of_memory(err):
+                data = self.datamodule
+                raise UsageError(
+                    f"Out of memory during `{command}`: a batch of {data.batch_size} images of "
+                    f"{data.resolution}×{data.resolution} pixels does not fit ({first_line(err)}). Lower "
+                    f"--data.batch_size or --data.resolution; checkpoints already saved are kept."
+                ) from err
             raise
 
     # LightningCLI runs a method of the CLI named like the command when there is one, else the Trainer's.
@@ -159,6 +190,45 @@ class MobileNetCLI(LightningCLI):
 
     def predict(self, **_) -> None:
         self.run("predict")
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is the CPU or GPU running out of memory."""
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and any(text in str(err) for text in ("out of memory", "can't allocate memory"))
+    )
+
+
+def stop_if_finished(config, settled: Settled) -> None:
+    """Resuming a run that has trained its epochs already: say so and stop, instead of Lightning's error (fewer
+    epochs asked for) or a silent run that trains nothing and leaves an empty log folder."""
+    artifact = settled.artifact
+    if artifact is None or artifact.kind != "checkpoint" or not config.ckpt_path:
+        return
+    progress = (artifact.checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {})
+    trained = int(progress.get("current", {}).get("processed", 0))
+    asked = config.trainer.max_epochs
+    if asked is None or asked < 0 or trained < asked:
+        return
+    print(
+        f"Run '{config.run_name}' has trained {trained} epochs already ('{artifact.path}'), and "
+        f"--trainer.max_epochs is {asked}: there is nothing left to train. Raise --trainer.max_epochs to train "
+        f"it longer, or evaluate it with `mobilenet test --ckpt_path {artifact.path}`."
+    )
+    raise SystemExit(0)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues this fit: the same one with --ckpt_path last."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["mobilenet", *kept, "--ckpt_path", "last"])
 
 
 def check_classes(data: BatchedDataModule, settled: Settled) -> None:
@@ -192,21 +262,25 @@ def check_classes(data: BatchedDataModule, settled: Settled) -> None:
 
 
 def build_cli(args: Optional[list[str]] = None, run: bool = True) -> MobileNetCLI:
-    """Parse ``args`` (a command and its options), build model, data and trainer, and run the command."""
-    return MobileNetCLI(
-        MobileNetClassifier,
-        BatchedDataModule,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_callback=SaveConfigEverywhere,
-        # A fit writes a new version folder every time; evaluating a checkpoint again rewrites its evaluation.
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [PredictionWriter()]},
-        # The optimiser and scheduler are the model's own arguments (model.optimizer, model.lr_scheduler).
-        auto_configure_optimizers=False,
-        # Checkpoints keep their own record (mobilenet.deploy.artifacts), not the parsed config of the model.
-        load_from_checkpoint_support=False,
-        parser_kwargs={"prog": "mobilenet"},
-        args=args,
-        run=run,
-    )
+    """Parse ``args`` (a command and its options), build model, data and trainer, and run the command.
+
+    The run's lock (``RunLock``), taken by ``fit``, is released when the command ends, however it ends.
+    """
+    with RunLock.released_at_exit():
+        return MobileNetCLI(
+            MobileNetClassifier,
+            BatchedDataModule,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_callback=SaveConfigEverywhere,
+            # A fit writes a new version folder every time; evaluating a checkpoint again rewrites its evaluation.
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [PredictionWriter()]},
+            # The optimiser and scheduler are the model's own arguments (model.optimizer, model.lr_scheduler).
+            auto_configure_optimizers=False,
+            # Checkpoints keep their own record (mobilenet.deploy.artifacts), not the parsed config of the model.
+            load_from_checkpoint_support=False,
+            parser_kwargs={"prog": "mobilenet"},
+            args=args,
+            run=run,
+        )

@@ -20,7 +20,7 @@ from mobilenet import plots
 from mobilenet.commands.grammar import command_parser, import_class, parse, settle_model
 from mobilenet.deploy.classifier import Classifier, open_classifier
 from mobilenet.errors import UsageError
-from mobilenet.files import write_csv
+from mobilenet.files import check_writable, write_csv
 from mobilenet.training.runs import LOG_ROOT, evaluation_dir
 
 CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc")
@@ -139,6 +139,7 @@ def main(argv: list[str]) -> int:
         raise UsageError(f"--num_images must be at least 1, got {config.num_images}.")
     source = settle_model(config, "report", given)
     out = Path(config.out) if config.out else evaluation_dir(source.run_name, source.checkpoint) / "report"
+    check_writable(out)
     logs = LOG_ROOT / source.run_name
     written: list[Path] = []
     table = epoch_table(logs) if logs.is_dir() else None

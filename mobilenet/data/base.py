@@ -15,7 +15,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from mobilenet.data.augment import CIFAR10_MEAN, CIFAR10_STD, PRESETS, BatchTransform, Preset
-from mobilenet.data.sampling import EpochBatchSampler, TensorBatches
+from mobilenet.data.sampling import EpochBatchSampler, ResumableLoader, TensorBatches
 from mobilenet.errors import UsageError
 
 # Largest input side accepted: MobileNetV1 at α = 1 needs about 4 MB of activations per 32×32 image in training,
@@ -100,20 +100,30 @@ class BatchedDataModule(LightningDataModule):
 
     def loader(self, split: str, shuffle: bool) -> DataLoader:
         trainer = self.trainer
+        world_size = trainer.world_size if trainer else 1
+        if not shuffle and len(self.splits[split]) < world_size:
+            raise UsageError(
+                f"The {split} split has {len(self.splits[split])} images for {world_size} processes: each process "
+                f"evaluates its own share, and some would have none. Use at least {world_size} images "
+                f"(--data.val_size) or fewer processes (--trainer.devices)."
+            )
         sampler = EpochBatchSampler(
             len(self.splits[split]),
             self.batch_size,
             shuffle=shuffle,
             seed=self.seed,
             rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
+            world_size=world_size,
         )
         on_gpu = bool(trainer) and trainer.strategy.root_device.type == "cuda"
         # batch_size=None: the sampler already yields whole batches, the dataset answers each with one gather.
-        return DataLoader(self.splits[split], sampler=sampler, batch_size=None, pin_memory=on_gpu)
+        kind = ResumableLoader if shuffle else DataLoader
+        return kind(self.splits[split], sampler=sampler, batch_size=None, pin_memory=on_gpu)
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader("train", shuffle=True)
+        loader = self.loader("train", shuffle=True)
+        self.train_sampler = loader.sampler  # counts the batches that reach training (on_after_batch_transfer)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val", shuffle=False)
@@ -130,8 +140,9 @@ class BatchedDataModule(LightningDataModule):
             return batch
         images, labels, augment_seed = batch
         generator = None
-        if augment_seed is not None:
+        if augment_seed is not None:  # a training batch
             generator = torch.Generator().manual_seed(augment_seed)  # on the host: see augment.seed_augment
+            self.train_sampler.consumed += 1
         return self.transform(images, generator), labels
 
     def config(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from mobilenet.errors import UsageError
 
 # CIFAR-100 is normalised with CIFAR-10's mean and std (the defaults): its own statistics differ by at most
 # 0.03, and one set keeps the recipes comparable.
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {name: spec.num_classes for name, spec in SPECS.items()}
 
 
 class CIFARDataModule(BatchedDataModule):

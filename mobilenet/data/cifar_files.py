@@ -6,13 +6,16 @@ A full read of CIFAR-10 is 60,000 × 3 × 32 × 32 bytes = 184 MB and takes abou
 
 import os
 import pickle
+import shutil
+import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import check_integrity, download_url, extract_archive
+from torchvision.datasets.utils import check_integrity, download_url
 
 from mobilenet.errors import UsageError
 
@@ -22,6 +25,7 @@ class CifarSpec:
     title: str
     source: type  # torchvision class that carries base_folder, url, filename, tgz_md5, train_list, test_list, meta
     label_key: str
+    num_classes: int
 
     @property
     def checksums(self) -> list[tuple[str, str]]:
@@ -36,8 +40,8 @@ class CifarSpec:
 
 
 SPECS = {
-    "cifar10": CifarSpec("CIFAR-10", CIFAR10, "labels"),
-    "cifar100": CifarSpec("CIFAR-100", CIFAR100, "fine_labels"),
+    "cifar10": CifarSpec("CIFAR-10", CIFAR10, "labels", 10),
+    "cifar100": CifarSpec("CIFAR-100", CIFAR100, "fine_labels", 100),
 }
 IMAGE_SHAPE = (3, 32, 32)
 
@@ -92,7 +96,7 @@ def ensure_available(dataset: str, root: str | Path, download: bool = True, veri
                 f"{spec.source.tgz_md5}); it is probably incomplete. Delete it and download it again from "
                 f"{spec.source.url}, or pass --data.verify false if it is a copy you made yourself in the same format."
             )
-        extract_archive(archive, root)
+        extract(archive, root, spec)
         missing = [name for name, _ in spec.checksums if not (folder / name).is_file()]
         if missing:
             raise UsageError(
@@ -110,6 +114,32 @@ def ensure_available(dataset: str, root: str | Path, download: bool = True, veri
     return folder
 
 
+def extract(archive: Path, root: Path, spec: CifarSpec) -> None:
+    """Unpack ``archive`` into a hidden folder next to the data first, and move its files into place only when
+    the whole archive has been read: a damaged archive leaves no half-extracted dataset behind."""
+    staging = root / f".extracting-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):  # refuse links and paths that lead outside the folder
+                tar.extractall(staging, filter="data")
+            else:
+                tar.extractall(staging)
+        unpacked = staging / spec.source.base_folder
+        if unpacked.is_dir():
+            target = root / spec.source.base_folder
+            target.mkdir(exist_ok=True)
+            for path in unpacked.iterdir():
+                os.replace(path, target / path.name)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        raise UsageError(
+            f"The archive '{archive}' could not be unpacked ({type(err).__name__}: {err}); it is damaged or "
+            f"incomplete. Nothing was extracted. Download it again from {spec.source.url}."
+        ) from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def load_pickle(path: Path, spec: CifarSpec) -> dict:
     # latin1 reads the original Python 2 pickles with str keys, as torchvision does. These files are pickles:
     # only load archives you trust (the md5 check above guards the official ones).
@@ -125,23 +155,52 @@ def load_pickle(path: Path, spec: CifarSpec) -> dict:
 
 
 def read_split(folder: Path, dataset: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of the training or the test split."""
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of the training or the test split, checked: pixels are
+    whole numbers in [0, 255], labels whole numbers in [0, classes), one label per image."""
     spec = SPECS[dataset]
     images, labels = [], []
     for name in spec.split_files(train):
-        entry = load_pickle(folder / name, spec)
-        data = np.asarray(entry.get("data", []), dtype=np.uint8) if isinstance(entry, dict) else np.empty(0)
-        if data.ndim != 2 or data.shape[1] != np.prod(IMAGE_SHAPE) or len(entry.get(spec.label_key, ())) != len(data):
-            raise UsageError(
-                f"'{folder / name}' is not a {spec.title} batch: expected a dict with 'data' of shape (N, 3072) "
-                f"and N '{spec.label_key}'. Replace it with the file from the official archive ({spec.source.url})."
+        path = folder / name
+        entry = load_pickle(path, spec)
+
+        def bad(problem: str, path: Path = path) -> UsageError:
+            return UsageError(
+                f"'{path}' is not a {spec.title} batch: {problem}. Replace it with the file from the official archive "
+                f"({spec.source.url}), or, for a copy you made yourself, write it in the same format."
             )
-        images.append(torch.from_numpy(data.reshape(-1, *IMAGE_SHAPE)))
-        labels.append(torch.tensor(entry[spec.label_key], dtype=torch.int64))
+
+        if not isinstance(entry, dict) or "data" not in entry or spec.label_key not in entry:
+            raise bad(f"expected a dict with 'data' and '{spec.label_key}'")
+        data, label_list = np.asarray(entry["data"]), np.asarray(entry[spec.label_key])
+        if data.dtype.kind not in "ui" or data.ndim != 2 or data.shape[1] != np.prod(IMAGE_SHAPE):
+            raise bad(f"'data' must be whole numbers shaped (N, 3072), got {data.dtype} {data.shape}")
+        if data.size and (data.min() < 0 or data.max() > 255):
+            raise bad(f"pixel values must lie in [0, 255], found {data.min()} to {data.max()}")
+        if label_list.dtype.kind not in "ui" or label_list.shape != (len(data),):
+            raise bad(f"'{spec.label_key}' must be {len(data)} whole numbers, one per image, got {label_list.dtype} "
+                      f"{label_list.shape}")  # fmt: skip
+        if label_list.size and (label_list.min() < 0 or label_list.max() >= spec.num_classes):
+            raise bad(f"labels must lie in [0, {spec.num_classes}), found {label_list.min()} to {label_list.max()}")
+        images.append(torch.from_numpy(data.astype(np.uint8).reshape(-1, *IMAGE_SHAPE)))
+        labels.append(torch.from_numpy(label_list.astype(np.int64)))
     return torch.cat(images), torch.cat(labels)
 
 
 def read_class_names(folder: Path, dataset: str) -> list[str]:
+    """The class names in the dataset's meta file, one per class."""
     spec = SPECS[dataset]
     meta = spec.source.meta
-    return list(load_pickle(folder / meta["filename"], spec)[meta["key"]])
+    path = folder / meta["filename"]
+    entry = load_pickle(path, spec)
+    names = entry.get(meta["key"]) if isinstance(entry, dict) else None
+    if (
+        not isinstance(names, (list, tuple))
+        or len(names) != spec.num_classes
+        or not all(isinstance(name, str) for name in names)
+    ):
+        raise UsageError(
+            f"'{path}' does not hold the {spec.num_classes} class names of {spec.title} (a dict with '{meta['key']}': "
+            f"a list of {spec.num_classes} strings). Replace it with the file from the official archive "
+            f"({spec.source.url})."
+        )
+    return list(names)

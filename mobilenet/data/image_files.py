@@ -16,11 +16,11 @@ from typing import Optional
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
-from tqdm import tqdm
 
 from mobilenet.data.images import fit_to, to_rgb, upright
 from mobilenet.errors import UsageError
 from mobilenet.files import atomic_write
+from mobilenet.progress import progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Bump when the decoded pixels would change for the same files (resampling, colour handling, orientation).
@@ -86,7 +86,7 @@ def decode_images(
     kept, skipped = [], []
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         results = pool.map(lambda path: try_load(path, resolution), files, chunksize=64)
-        for i, (image, reason) in enumerate(tqdm(results, total=len(files), desc=description, unit="img")):
+        for i, (image, reason) in enumerate(progress(results, total=len(files), desc=description, unit="image")):
             if image is None:
                 skipped.append((files[i], reason))
             else:

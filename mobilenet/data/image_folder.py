@@ -7,6 +7,8 @@ augmentation on the device. ``mobilenet fit --data ImageFolderDataModule --data.
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from mobilenet.data.base import BatchedDataModule
 from mobilenet.data.image_files import class_folders, read_image_split
 from mobilenet.data.sampling import TensorBatches
@@ -39,8 +41,12 @@ class ImageFolderDataModule(BatchedDataModule):
                 f"(and optionally test/<class name>/), e.g. train/cat/0001.jpg."
             )
         self.class_names = class_folders(train_dir)
-        if not self.class_names:
-            raise UsageError(f"'{train_dir}' has no class folders: put each class's images in train/<class name>/.")
+        if len(self.class_names) < 2:
+            found = f"only '{self.class_names[0]}'" if self.class_names else "none"
+            raise UsageError(
+                f"'{train_dir}' needs a folder per class, at least two (found {found}): a classifier of one class "
+                f"is right every time and learns nothing. Put each class's images in train/<class name>/."
+            )
 
     @property
     def num_classes(self) -> int:
@@ -48,7 +54,15 @@ class ImageFolderDataModule(BatchedDataModule):
 
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and "train" not in self.splits:
-            self.hold_out_validation(*self.read("train"))
+            images, labels = self.read("train")
+            counts = torch.bincount(labels, minlength=len(self.class_names)).tolist()
+            empty = [name for name, count in zip(self.class_names, counts, strict=True) if not count]
+            if empty:
+                raise UsageError(
+                    f"The class folder(s) {', '.join(empty)} in '{self.root / 'train'}' hold no readable image, so "
+                    f"the network would learn classes it never sees. Add images to them, or remove the folders."
+                )
+            self.hold_out_validation(images, labels)
         if stage in ("test", "predict") and "test" not in self.splits:
             test_dir = self.root / "test"
             if not test_dir.is_dir():

@@ -17,18 +17,18 @@ BACKGROUND = (255, 255, 255)
 def find_images(paths: list[str]) -> list[Path]:
     """Files named directly (whatever their extension), plus the image files inside named folders, in order.
 
-    A path that does not exist is kept, so that it is reported with the unreadable files rather than dropped.
+    A path that does not exist, or a folder without image files, is kept, so that ``read_image`` reports it
+    with the unreadable files rather than dropping it or stopping the others.
     """
     found: list[Path] = []
     for name in paths:
         path = Path(name)
-        if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
-            if not inside:
-                raise UsageError(f"The folder '{path}' holds no {', '.join(EXTENSIONS)} files.")
-            found.extend(inside)
-        else:
-            found.append(path)
+        inside = (
+            sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+            if (path.is_dir())
+            else []
+        )
+        found.extend(inside or [path])
     return found
 
 
@@ -53,12 +53,18 @@ def upright(image: Image.Image) -> Image.Image:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """uint8 (3, H, W), upright; a missing, truncated or non-image file raises ``UsageError`` naming it."""
+    """uint8 (3, H, W), upright; a missing, truncated, oversized or non-image file raises ``UsageError`` naming it.
+
+    Pillow's guard against decompression bombs stays on: an image of more than about 179 million pixels (twice
+    ``Image.MAX_IMAGE_PIXELS``) is refused before it is decoded.
+    """
+    if path.is_dir():
+        raise UsageError(f"The folder '{path}' holds no {', '.join(EXTENSIONS)} files.")
     try:
         with Image.open(path) as image:
             image.load()  # decodes now: a truncated file fails here, not later
             return TF.pil_to_tensor(to_rgb(upright(image)))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         reason = "no such file" if isinstance(err, FileNotFoundError) else f"{type(err).__name__}: {err}"
         raise UsageError(f"'{path}' could not be read as an image ({reason}).") from err
 

@@ -2,15 +2,16 @@
 
 The sampler yields one ``BatchRequest`` per batch and the dataset answers it with one tensor gather, so a
 DataLoader needs neither worker processes nor a collate step. Because the shuffle order and every batch's
-augmentation seed are functions of (seed, epoch, rank, batch index), a run resumed from an epoch-end
-checkpoint sees exactly the batches the uninterrupted run would have seen.
+augmentation seed are functions of (seed, epoch, rank, batch index), the sampler's whole state is (epoch,
+batches trained so far in it): a run resumed from a checkpoint saved in the middle of an epoch
+(``ResumableLoader``) sees exactly the batches the uninterrupted run would have seen.
 """
 
 import hashlib
 from typing import Iterator, NamedTuple, Optional
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def derive_seed(*parts: int) -> int:
@@ -30,7 +31,8 @@ class EpochBatchSampler(Sampler[BatchRequest]):
     Training (``shuffle=True``): a fresh permutation each epoch, padded like ``DistributedSampler`` so that
     every rank runs the same number of steps, then rank r takes positions r, r + world_size, ...
     Evaluation: the natural order, split the same way without padding, so that no image counts twice.
-    Lightning calls ``set_epoch`` at the start of every epoch.
+    Lightning calls ``set_epoch`` at the start of every epoch; ``consumed`` counts the batches of the current
+    epoch that reached training (the DataModule counts them), and ``resume`` starts an epoch after that many.
     """
 
     def __init__(
@@ -49,9 +51,16 @@ class EpochBatchSampler(Sampler[BatchRequest]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.start = 0  # the batch the next iteration begins with: 0, or where an interrupted epoch stopped
+        self.consumed = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if epoch != self.epoch:  # (Lightning sets the resumed epoch again after ``resume``: keep its start)
+            self.epoch, self.start = epoch, 0
+
+    def resume(self, epoch: int, consumed: int) -> None:
+        """Continue ``epoch`` after its first ``consumed`` batches."""
+        self.epoch, self.start = epoch, consumed
 
     def shard(self) -> torch.Tensor:
         """This rank's dataset positions for the current epoch, in visiting order."""
@@ -65,7 +74,9 @@ class EpochBatchSampler(Sampler[BatchRequest]):
 
     def __iter__(self) -> Iterator[BatchRequest]:
         positions = self.shard()
-        for batch_index, start in enumerate(range(0, len(positions), self.batch_size)):
+        first, self.start = self.start, 0
+        self.consumed = first
+        for batch_index, start in enumerate(range(first * self.batch_size, len(positions), self.batch_size), first):
             seed = derive_seed(self.seed, self.epoch, self.rank, batch_index) if self.shuffle else None
             yield BatchRequest(positions[start : start + self.batch_size], seed)
 
@@ -74,6 +85,17 @@ class EpochBatchSampler(Sampler[BatchRequest]):
         if self.shuffle:
             shard_size = -(-self.num_items // self.world_size)
         return -(-shard_size // self.batch_size)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over an ``EpochBatchSampler`` whose state Lightning saves in checkpoints and restores: a run
+    resumed from a checkpoint saved mid-epoch continues with the next batch, not from the epoch's start."""
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "consumed": self.sampler.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume(int(state["epoch"]), int(state["consumed"]))
 
 
 class TensorBatches(Dataset):

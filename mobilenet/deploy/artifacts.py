@@ -24,6 +24,7 @@ record is checked (types, ranges, known keys) before anything uses it, and no cl
 
 import json
 import math
+import pickle
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -176,24 +177,37 @@ def first_line(err: BaseException) -> str:
 
 
 def torch_load(path: Path, mmap: bool = False) -> Any:
-    """``torch.load`` with ``weights_only=True``, its failures turned into one sentence."""
+    """``torch.load`` with ``weights_only=True``, its failures turned into one sentence of this project's.
+
+    (torch's own messages advise loading again with ``weights_only=False``, which would let the file run code:
+    advice this project never passes on.)
+    """
+    if not path.exists():
+        raise UsageError(f"'{path}' does not exist.")
+    if path.is_dir():
+        raise UsageError(f"'{path}' is a folder, not a file.")
+    if not zipfile.is_zipfile(path):  # every file torch.save writes is a zip archive
+        raise UsageError(
+            f"'{path}' is not a file saved by PyTorch, or it is truncated (an interrupted copy or download). Pick "
+            f"another file, or copy it again."
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except FileNotFoundError as err:
-        raise UsageError(f"'{path}' does not exist.") from err
-    except IsADirectoryError as err:
-        raise UsageError(f"'{path}' is a folder, not a file.") from err
-    except Exception as err:  # truncated zip, random bytes, pickled code: one answer each
-        if UNSAFE_OBJECT in str(err):
-            refused = str(err).split(UNSAFE_OBJECT)[1].split(" was not an allowed global")[0].strip()
-            raise UsageError(
-                f"'{path}' holds Python objects other than tensors and plain data ({refused}); it is not loaded, "
-                f"because unpickling such objects can run arbitrary code. Files written by this project never "
-                f"contain them: use one of those."
-            ) from err
+    except pickle.UnpicklingError as err:
+        refused = (
+            str(err).split(UNSAFE_OBJECT)[1].split(" was not an allowed global")[0].strip()
+            if (UNSAFE_OBJECT in str(err))
+            else "objects that are not tensors or plain data"
+        )
         raise UsageError(
-            f"'{path}' could not be read ({first_line(err)}). It may be truncated by an interrupted copy or not be "
-            f"a file written by this project; pick another file."
+            f"'{path}' holds Python objects other than tensors and plain data ({refused}); it is not loaded, "
+            f"because unpickling such objects can run arbitrary code. Files written by this project never "
+            f"contain them: use one of those."
+        ) from err
+    except Exception as err:  # a damaged archive
+        raise UsageError(
+            f"'{path}' could not be read ({first_line(err)}). It is probably truncated by an interrupted copy; pick "
+            f"another file, or copy it again."
         ) from err
 
 

@@ -15,11 +15,11 @@ from typing import Literal, Union
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mobilenet.data.augment import BatchTransform
 from mobilenet.deploy.artifacts import Artifact, Metadata, load
 from mobilenet.errors import UsageError
+from mobilenet.progress import progress as progress_bar
 
 Backend = Literal["auto", "torch", "onnxruntime"]
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -56,7 +56,7 @@ class Classifier:
         images = torch.as_tensor(images)
         starts = range(0, len(images), BATCH_SIZE)
         if progress:
-            starts = tqdm(starts, desc="Classifying", unit="batch", file=sys.stderr)
+            starts = progress_bar(starts, desc="Classifying", unit="batch", file=sys.stderr)
         chunks = [self.forward(self.preprocess(images[start : start + BATCH_SIZE])) for start in starts]
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.class_names))
 

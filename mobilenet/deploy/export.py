@@ -32,7 +32,7 @@ from mobilenet.deploy.artifacts import (
 )
 from mobilenet.deploy.folding import fold_batchnorm
 from mobilenet.errors import UsageError
-from mobilenet.files import atomic_write, partial_path, write_text
+from mobilenet.files import atomic_write, check_writable, partial_path, same_file, write_text
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "state_dict": ".pth", "safetensors": ".safetensors"}
 # Largest absolute logit difference accepted: float32 rounding gives about 1e-5; float16 weights about 1e-2.
@@ -193,8 +193,6 @@ def export(
 def check_output(output: Path, source: Path, overwrite: bool) -> None:
     """Refuse to write over the source, over a folder, into a path whose parent is a file, or over an existing
     file without ``overwrite``."""
-    from mobilenet.files import same_file
-
     if same_file(output, source):
         raise UsageError(
             f"--output '{output}' is the file being exported; exporting over it would destroy it. Choose another "
@@ -207,3 +205,4 @@ def check_output(output: Path, source: Path, overwrite: bool) -> None:
         raise UsageError(f"--output '{output}' cannot be written: '{blocking}' is a file, not a folder.")
     if output.exists() and not overwrite:
         raise UsageError(f"'{output}' already exists and is kept. Choose another --output, or add --overwrite.")
+    check_writable(output.parent)

@@ -104,14 +104,18 @@ class MobileNetClassifier(LightningModule):
         self.lr_scheduler_interval = lr_scheduler_interval
         self.no_weight_decay = tuple(no_weight_decay)
         self.make_metrics(num_classes)
-        # Saved in checkpoints so that val/acc_best survives a resume.
+        # Saved in checkpoints so that val/acc_best survives a resume, and the epoch's training loss and accuracy
+        # so far survive a resume in the middle of an epoch.
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
+        self.register_buffer("epoch_loss_sum", torch.zeros(()))
+        self.register_buffer("epoch_images", torch.zeros(()))
         # The run this module trains in, recorded in its checkpoints; the CLI fills it in.
         self.run_record: dict = {}
 
     def make_metrics(self, num_classes: int) -> None:
         self.train_metrics = accuracy_metrics(num_classes, "train")
+        self.train_metrics.persistent(True)
         self.val_metrics = accuracy_metrics(num_classes, "val")
         self.test_metrics = accuracy_metrics(num_classes, "test")
         self.val_flip_metrics = accuracy_metrics(num_classes, "val").clone(postfix="_flip")
@@ -167,6 +171,8 @@ class MobileNetClassifier(LightningModule):
             return
         self.log("train/loss", self.epoch_loss_sum / self.epoch_images, sync_dist=True)
         self.log_dict(self.train_metrics)  # Lightning computes (across ranks) and resets them
+        self.epoch_loss_sum.zero_()
+        self.epoch_images.zero_()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.evaluation_step(batch, "val")
@@ -207,8 +213,17 @@ class MobileNetClassifier(LightningModule):
         return {"prediction": prediction, "confidence": confidence, "label": labels}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The record every consumer reads (``mobilenet.deploy.artifacts``): network, classes, preprocessing, data."""
+        """The record every consumer reads (``mobilenet.deploy.artifacts``): network, classes, preprocessing, data.
+
+        The training epoch's running loss and accuracy are kept for a resume in the middle of an epoch. A
+        checkpoint saved after the epoch's last batch (at validation) stores them empty: that epoch's figures are
+        logged, and a resume begins the next epoch.
+        """
         checkpoint[METADATA_KEY] = self.metadata().to_dict()
+        if self._trainer is not None and self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            state = checkpoint["state_dict"]
+            for key, value in self.epoch_running_state().items():
+                state[key] = torch.zeros_like(value)
 
     def metadata(self) -> Metadata:
         data = self.trainer.datamodule if self._trainer else None
@@ -240,6 +255,14 @@ class MobileNetClassifier(LightningModule):
             **preprocessing,
         )
 
+    def epoch_running_state(self) -> dict[str, torch.Tensor]:
+        """The state_dict entries that sum up the current training epoch."""
+        return {
+            key: value
+            for key, value in self.state_dict().items()
+            if key.startswith("train_metrics.") or key in ("epoch_loss_sum", "epoch_images")
+        }
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """``MobileNetClassifier.load_from_checkpoint(path)`` builds the network the checkpoint records; weights
         of another shape for a module in training are refused with a sentence, before Lightning's long error."""
@@ -249,7 +272,10 @@ class MobileNetClassifier(LightningModule):
                 self.net = MobileNetV1(**network).to(memory_format=self.memory_format)
                 self.make_metrics(self.net.arguments["num_classes"])
         own = self.state_dict()
-        for key, saved in checkpoint.get("state_dict", {}).items():
+        saved_state = checkpoint.setdefault("state_dict", {})
+        for key, value in self.epoch_running_state().items():  # which checkpoints of earlier versions lack
+            saved_state.setdefault(key, torch.zeros_like(value))
+        for key, saved in saved_state.items():
             if key in own and saved.shape != own[key].shape:
                 raise UsageError(
                     f"The checkpoint's weights do not fit this network: {key} is {tuple(saved.shape)} in the "
@@ -259,8 +285,6 @@ class MobileNetClassifier(LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
-        self.epoch_loss_sum = torch.zeros((), device=self.device)
-        self.epoch_images = 0
 
     def configure_optimizers(self):
         exempt = self.no_weight_decay

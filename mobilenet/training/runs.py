@@ -6,10 +6,17 @@ A run named NAME keeps
     logs/NAME/eval/<checkpoint>/ what evaluating one checkpoint wrote: validate/, test/, predict/, report/
 """
 
+import contextlib
+import fcntl
+import json
+import os
 import re
 import shutil
+import socket
+import sys
+import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -98,10 +105,7 @@ def best_checkpoint(run_dir: Path, run_name: str) -> Path:
             f"because no validation has run yet (e.g. --trainer.limit_val_batches 0, or stopped before the first "
             f"epoch ended). Use --ckpt_path last."
         )
-    raise UsageError(
-        f"--ckpt_path best: no checkpoint in '{run_dir}' (run '{run_name}'). Train the run first with "
-        f"`mobilenet fit` and the same --config / --run_name, or pass a checkpoint file path."
-    )
+    raise UsageError(f"--ckpt_path best: no checkpoint in '{run_dir}' (run '{run_name}'). {what_to_do(run_dir)}")
 
 
 def checkpoint_file(ckpt_path: str) -> Path:
@@ -113,6 +117,17 @@ def checkpoint_file(ckpt_path: str) -> Path:
             f"of the run named by --config or --run_name."
         )
     return path
+
+
+def what_to_do(run_dir: Path) -> str:
+    """Advice for a run folder without checkpoints: the runs that do have some, or how to make one."""
+    runs = sorted(p.name for p in run_dir.parent.glob("*") if p.is_dir() and p != run_dir and checkpoint_files(p))
+    if runs:
+        return (
+            f"Runs with checkpoints here: {', '.join(runs)}; name one with --run_name (or the --config it was "
+            f"trained with), or pass a checkpoint file."
+        )
+    return "Train the run first with `mobilenet fit` and the same --config / --run_name, or pass a checkpoint file."
 
 
 def resolve_checkpoint(ckpt_path: str, run_dir: Path, run_name: str, command: str) -> Optional[Path]:
@@ -130,10 +145,7 @@ def resolve_checkpoint(ckpt_path: str, run_dir: Path, run_name: str, command: st
     if command == "fit":
         print(f"No checkpoint in '{run_dir}' yet: run '{run_name}' starts from scratch.")
         return None
-    raise UsageError(
-        f"--ckpt_path last: no {LAST_NAME} in '{run_dir}' (run '{run_name}'). Train the run first with "
-        f"`mobilenet fit` and the same --config / --run_name, or pass a checkpoint file path."
-    )
+    raise UsageError(f"--ckpt_path last: no {LAST_NAME} in '{run_dir}' (run '{run_name}'). {what_to_do(run_dir)}")
 
 
 def evaluation_dir(run_name: str, checkpoint: Path) -> Path:
@@ -160,3 +172,87 @@ def remove_if_empty(log_dir: Path) -> None:
         while parent.name != LOG_ROOT.name and parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()  # logs/<run>/... of a run that never logged anything
             parent = parent.parent
+
+
+def is_launching_process() -> bool:
+    """Whether this is the process that started the run: not one of the ranks Lightning or torchrun starts."""
+    if "RANK" in os.environ:
+        return os.environ["RANK"] == "0"
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+class RunLock:
+    """One writer per run: ``checkpoints/<run>/.lock``, held (``flock``) by the ``fit`` that trains the run.
+
+    The file says who holds it (process id, host, start time, command). The operating system releases the lock
+    when that process ends in any way, ``kill -9`` included, so a lock left behind by a killed run is simply
+    taken over by the next ``fit``; a fit that ends normally removes the file.
+    """
+
+    NAME = ".lock"
+    held: list["RunLock"] = []  # the locks this process holds
+
+    def __init__(self, run_dir: Path, run_name: str) -> None:
+        self.run_dir, self.path = run_dir, run_dir / self.NAME
+        self.created_dir = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.holder()
+            self.file.close()
+            raise UsageError(
+                f"Run '{run_name}' is being trained by another process ({self.describe(holder)}): two fits of one "
+                f"run would mix their checkpoints. Wait for it to finish, stop it, or train under another "
+                f"--run_name."
+            ) from None
+        previous = self.holder()
+        if previous.get("pid") and (previous.get("pid"), previous.get("host")) != (os.getpid(), socket.gethostname()):
+            print(f"Taking over the lock of run '{run_name}' left by an ended process ({self.describe(previous)}).")
+        self.file.seek(0)
+        self.file.truncate()
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.file.write(json.dumps({**record, "command": " ".join(sys.argv)}))
+        self.file.flush()
+
+    @classmethod
+    def acquire(cls, run_dir: Path, run_name: str) -> "RunLock":
+        lock = cls(run_dir, run_name)
+        cls.held.append(lock)
+        return lock
+
+    @classmethod
+    @contextlib.contextmanager
+    def released_at_exit(cls) -> Iterator[None]:
+        """Release the locks acquired inside the ``with`` block when it ends, however it ends."""
+        before = len(cls.held)
+        try:
+            yield
+        finally:
+            while len(cls.held) > before:
+                cls.held.pop().release()
+
+    def holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    @staticmethod
+    def describe(holder: dict) -> str:
+        if not holder.get("pid"):
+            return "unknown process"
+        return f"process {holder['pid']} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
+
+    def release(self) -> None:
+        """Remove the file and unlock; a run folder the lock alone created (a fit that failed at once) goes too."""
+        if self.file.closed:
+            return
+        self.path.unlink(missing_ok=True)
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+        if self.created_dir and not any(self.run_dir.iterdir()):
+            self.run_dir.rmdir()
+            if self.run_dir.parent.is_dir() and not any(self.run_dir.parent.iterdir()):
+                self.run_dir.parent.rmdir()  # checkpoints/ itself, when this fit made it and wrote nothing

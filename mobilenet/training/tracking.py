@@ -8,6 +8,8 @@ is recorded offline under ``logs/wandb/`` for ``wandb sync`` to upload later.
 import importlib
 import netrc
 import os
+import socket
+import threading
 from pathlib import Path
 from typing import Literal, Optional, Union
 from urllib.parse import urlsplit
@@ -19,9 +21,13 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from mobilenet.errors import UsageError
+
 # Key under which a checkpoint keeps its W&B run id, so that `fit --ckpt_path` continues the same run.
 RUN_ID_KEY = "wandb_run_id"
 OFFLINE_MODES = ("offline", "dryrun", "disabled")
+# How long to wait for the W&B server before recording offline.
+PROBE_SECONDS = 5.0
 
 
 def has_api_key() -> bool:
@@ -44,7 +50,8 @@ class WandbLogger(LightningWandbLogger):
         project: W&B project.
         log_model: Upload checkpoints as artifacts at the end of training (``all``: every time one is saved).
             Needs a connection: offline, checkpoints stay only in the run's checkpoint folder.
-        offline: ``None`` (default): offline exactly when there is no API key or ``WANDB_MODE`` says so.
+        offline: ``None`` (default): offline when there is no API key, ``WANDB_MODE`` says so, or the server cannot
+            be reached within 5 s; ``false`` insists on online (a run that cannot reach the server stops at once).
         id: Run id to continue; the CLI takes it from the checkpoint when resuming.
         images_per_epoch: Validation images logged as a table (image, label, prediction, confidence) after
             each validation epoch; 0 turns the table off.
@@ -67,6 +74,13 @@ class WandbLogger(LightningWandbLogger):
             offline = mode in OFFLINE_MODES or not has_api_key()
             self.offline_reason = (
                 f"WANDB_MODE={mode}" if mode in OFFLINE_MODES else "no API key in WANDB_API_KEY or ~/.netrc"
+            )
+            if not offline and (unreachable := server_unreachable()):
+                offline, self.offline_reason = True, unreachable
+        elif not offline and (unreachable := server_unreachable()):
+            raise UsageError(
+                f"W&B is set to record online (offline: false), but {unreachable}. Check the network connection, "
+                f"or leave `offline` unset: the run is then recorded offline and can be uploaded later."
             )
         # Lightning refuses log_model together with offline; rather than fail, the checkpoints stay local and
         # the offline notice says so (WandbRunCallback.announce).
@@ -95,6 +109,28 @@ class WandbLogger(LightningWandbLogger):
     @property
     def offline(self) -> bool:
         return self._offline
+
+
+def server_unreachable(timeout: float = PROBE_SECONDS) -> str:
+    """Why the W&B server cannot be reached (empty when it can): one connection attempt, bounded in time.
+
+    Without this, wandb waits about 100 s for a server it cannot reach and then stops the run with a traceback.
+    """
+    url = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    host, port = url.hostname or "api.wandb.ai", url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append("")
+        except OSError as err:
+            outcome.append(f"the server {host}:{port} cannot be reached ({type(err).__name__}: {err})")
+
+    probe = threading.Thread(target=connect, daemon=True)  # name lookups ignore the socket's timeout
+    probe.start()
+    probe.join(timeout + 1)
+    return outcome[0] if outcome else f"the server {host}:{port} did not answer within {timeout:g} s"
 
 
 def is_wandb_logger(class_path: str) -> bool:

@@ -1,0 +1,5 @@
+"""``python -m mobilenet COMMAND ...``: the ``mobilenet`` command (for launchers such as ``torchrun``)."""
+
+from mobilenet.commands import main
+
+main()
