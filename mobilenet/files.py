@@ -26,12 +26,14 @@ def partial_path(path: Path) -> Path:
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a binary file that replaces ``path`` only when the ``with`` block ends without an exception.
 
-    Leftovers of a process killed while writing the same file are removed first.
+    Leftovers of a process killed while writing the same file are removed first (not those of a process still
+    writing it: several processes of one DDP run may write the same cache).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}{PARTIAL_MARK}*"):
-        stale.unlink(missing_ok=True)
+        if not process_alive(stale.name.rsplit(PARTIAL_MARK, 1)[1]):
+            stale.unlink(missing_ok=True)
     partial = partial_path(path)
     try:
         with open(partial, "wb") as file:
@@ -42,6 +44,19 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def process_alive(pid: str) -> bool:
+    """Whether the process numbered ``pid`` (as written in a partial file's name) still runs on this machine."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, under another user
+        return True
+    return True
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -104,7 +104,7 @@ class MobileNetV1(nn.Module):
             raise UsageError(
                 f"width_mult (α) must lie in (0, 2], got {width_mult!r}; the paper uses 1, 0.75, 0.5, 0.25."
             )
-        if isinstance(stem_stride, bool) or stem_stride not in (1, 2):
+        if type(stem_stride) is not int or stem_stride not in (1, 2):
             raise UsageError(f"stem_stride must be 1 (CIFAR, 32×32) or 2 (ImageNet layout), got {stem_stride!r}.")
         if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise UsageError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
@@ -143,6 +143,20 @@ class MobileNetV1(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.pool(self.features(images)).flatten(1)
         return self.classifier(self.dropout(features))
+
+    @classmethod
+    def from_pretrained(cls, name: str = "cifar10") -> "MobileNetV1":
+        """The trained network shipped with the project (``docs/model_card.md``), float32, in eval mode.
+
+        Its record rides along as ``net.metadata``: class names, and the input it expects (``resolution``,
+        ``mean``, ``std``; ``mobilenet.deploy.classifier.open_classifier`` applies them to uint8 images).
+        """
+        from mobilenet.deploy.artifacts import load, pretrained_path  # reading files is deploy's job
+
+        artifact = load(pretrained_path(name))
+        net = artifact.network
+        net.metadata = artifact.metadata
+        return net
 
 
 # The network's arguments, in the order of its signature: the one place they are declared.

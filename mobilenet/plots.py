@@ -93,3 +93,24 @@ def image_grid(
     if title:
         figure.suptitle(title)
     return figure
+
+
+def calibration(counts: torch.Tensor, accuracy: torch.Tensor, ece: float) -> Figure:
+    """Reliability diagram from equal-width confidence bins (images and accuracy per bin, as
+    ``mobilenet.commands.report.calibration_bins`` counts them): a calibrated model's bars follow the dashed
+    diagonal; the orange line shows the share of images in each bin."""
+    bins = len(counts)
+    edges = np.linspace(0, 1, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    counts, accuracy = counts.numpy(), accuracy.numpy()
+    figure = Figure(figsize=(5, 5))
+    axes = figure.subplots()
+    used = counts > 0
+    axes.bar(centres[used], accuracy[used], width=1 / bins, edgecolor="black", alpha=0.8, label="accuracy")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="tab:gray", label="calibrated")
+    axes.plot(centres, counts / max(counts.sum(), 1), color="tab:orange", marker=".", label="share of images")
+    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top softmax probability)", ylabel="accuracy")
+    axes.set_title(f"Expected calibration error {ece:.2%} ({bins} bins)")
+    axes.legend(loc="upper left")
+    axes.grid(alpha=0.3)
+    return figure

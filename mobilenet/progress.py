@@ -2,7 +2,7 @@
 
 A bar redraws itself with carriage returns, which leave a log file full of partial lines; when the stream is
 not a terminal, ``progress`` writes one line when the work is done instead (``Decoding train: 93/93 images in
-0.4 s``).
+0.4 s``; the ``unit`` is given in the plural).
 """
 
 import sys
@@ -35,7 +35,7 @@ class LineProgress:
         if not self.reported and self.count:
             total = f"/{self.total:g}" if self.total else ""
             seconds = time.perf_counter() - self.started
-            print(f"{self.desc}: {self.count:g}{total} {self.unit}s in {seconds:.1f} s", file=self.stream, flush=True)
+            print(f"{self.desc}: {self.count:g}{total} {self.unit} in {seconds:.1f} s", file=self.stream, flush=True)
             self.reported = True
 
 

@@ -65,6 +65,7 @@ def test_backend_mistakes_are_explained(checkpoint, tmp_path):
         open_classifier(checkpoint, device="cuda")
 
 
+@pytest.mark.slow
 def test_classify_gives_the_same_answers_from_the_checkpoint_and_its_onnx_export(checkpoint, onnx_export, tmp_path):
     import json
     import subprocess

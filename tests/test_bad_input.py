@@ -382,6 +382,18 @@ def renamed_class_folder(cifar10_dir, tmp):
     return ["validate", "--ckpt_path", "checkpoints/folders/last.ckpt"]
 
 
+def exported(fmt: str, command: str):
+    def make(cifar10_dir, tmp):
+        from mobilenet.deploy.artifacts import load
+        from mobilenet.deploy.export import FORMATS, export
+
+        output = tmp / f"model{FORMATS[fmt]}"
+        export(load("checkpoints/cifar10/last.ckpt"), fmt, output)
+        return [command, "--ckpt_path", str(output)]
+
+    return make
+
+
 def image(tmp: Path) -> Path:
     path = tmp / "picture.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(path)
@@ -413,11 +425,16 @@ MATRIX = [
     ("checkpoint with code", checkpoint_with_code, ["evil.ckpt' holds Python objects", "can run arbitrary code"]),
     ("random bytes as checkpoint", random_bytes_checkpoint, ["random.ckpt' is not a file saved by PyTorch"]),
     ("record naming other data code", record_naming_other_data_code, ["antigravity.Fly, which is not one of this"]),
-    ("CIFAR-10 checkpoint, CIFAR-100 config", cifar10_checkpoint_with_the_cifar100_config,
-     ["trained on cifar10 (10 classes), but the config says --data.dataset cifar100"]),  # fmt: skip
+    (
+        "CIFAR-10 checkpoint, CIFAR-100 config",
+        cifar10_checkpoint_with_the_cifar100_config,
+        ["trained on cifar10 (10 classes), but the config says --data.dataset cifar100"],
+    ),  # fmt: skip
     ("best before any validation", best_before_any_validation, ["none was chosen as the best", "--ckpt_path last"]),
     ("best of a run never trained", best_of_a_run_that_does_not_exist, ["no checkpoint in 'checkpoints/no_such_run'"]),
     ("renamed class folder", renamed_class_folder, ["new: kitten; missing: cat", "restore the folders"]),
+    ("fit from exported weights", exported("safetensors", "fit"), ["holds a network's weights only (safetensors)"]),
+    ("test an ONNX export", exported("onnx", "test"), ["is a onnx export: test runs the PyTorch network"]),
     # Options and configs
     ("unknown option", unknown_option, ["widht_mult"]),
     ("unknown config key", unknown_config_key, ["widht_mult"]),

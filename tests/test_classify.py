@@ -61,6 +61,7 @@ def save(array: np.ndarray, path: Path, mode: str | None = None, **options) -> P
     return path
 
 
+@pytest.mark.slow
 def test_every_format_and_mode_is_classified_as_training_would(checkpoint, cifar10_dir, tmp_path):
     images, _ = read_split(cifar10_dir / "cifar-10-batches-py", "cifar10", train=False)
     rgb = images[:6].permute(0, 2, 3, 1).numpy()  # (6, 32, 32, 3)
@@ -99,6 +100,7 @@ def test_every_format_and_mode_is_classified_as_training_would(checkpoint, cifar
         assert torch.allclose(got, probabilities, atol=1e-4), f"{name}: {got} != {probabilities}"
 
 
+@pytest.mark.slow
 def test_a_folder_and_broken_files_each_broken_file_gets_one_line_and_the_others_still_run(checkpoint, tmp_path):
     folder = tmp_path / "photos"
     (folder / "nested").mkdir(parents=True)

@@ -59,6 +59,7 @@ def test_every_command_takes_configs_dotted_overrides_a_run_and_a_checkpoint(com
     assert "--data.val_size" in text and "--data.root" in text and "--data.data_dir" in text
 
 
+@pytest.mark.slow
 def test_print_config_shows_the_reference_recipe(tmp_path):
     result = mobilenet("fit", "--config", str(CONFIGS / "cifar10.yaml"), "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -82,6 +83,7 @@ def trained(tmp_path_factory, cifar10_dir) -> tuple[Path, subprocess.CompletedPr
     return workdir, result
 
 
+@pytest.mark.slow
 def test_fit_writes_checkpoints_metrics_and_the_resolved_config(trained):
     workdir, _ = trained
     run_dir = workdir / "checkpoints" / "cifar10"
@@ -95,6 +97,7 @@ def test_fit_writes_checkpoints_metrics_and_the_resolved_config(trained):
     assert not (workdir / "logs" / "wandb").exists() and not (workdir / "wandb").exists(), "W&B only when asked for"
 
 
+@pytest.mark.slow
 def test_fit_prints_whole_lines_and_the_networks_cost_without_empty_rows(trained):
     _, result = trained
     assert "\r" not in result.stdout + result.stderr, "progress bars redraw with \\r; a log file wants lines"
@@ -105,6 +108,7 @@ def test_fit_prints_whole_lines_and_the_networks_cost_without_empty_rows(trained
     assert " M multiply-adds per image" in output and "0         Total Flops" not in output
 
 
+@pytest.mark.slow
 def test_a_fresh_fit_refuses_to_mix_with_an_existing_run(trained, cifar10_dir):
     workdir, _ = trained
     last = workdir / "checkpoints" / "cifar10" / "last.ckpt"
@@ -117,6 +121,7 @@ def test_a_fresh_fit_refuses_to_mix_with_an_existing_run(trained, cifar10_dir):
     assert sorted(p.name for p in (workdir / "logs" / "cifar10").iterdir()) == ["version_0"]
 
 
+@pytest.mark.slow
 def test_evaluating_from_the_checkpoint_alone(trained):
     """No --config: the run name, the data (its folder, verify=false) and the network come from the checkpoint,
     and each evaluation writes to its own folder, never into the training run's version folders."""
@@ -137,6 +142,7 @@ def test_evaluating_from_the_checkpoint_alone(trained):
     assert float(printed) == pytest.approx(float(logged)), "validating the last checkpoint must reproduce epoch 0"
 
 
+@pytest.mark.slow
 def test_classify_report_export_and_summary_take_the_same_checkpoint_grammar(trained, tmp_path):
     workdir, _ = trained
     image = tmp_path / "red.png"
@@ -154,6 +160,7 @@ def test_classify_report_export_and_summary_take_the_same_checkpoint_grammar(tra
     assert (workdir / "logs" / "cifar10" / "eval" / "last" / "report" / "confusion_matrix.png").is_file()
 
 
+@pytest.mark.slow
 def test_resume_continues_the_run_in_a_new_version(trained, cifar10_dir):
     workdir, _ = trained
     resumed = mobilenet("fit", *small_run(cifar10_dir), "--trainer.max_epochs", "2", "--ckpt_path", "last", cwd=workdir)
@@ -174,6 +181,7 @@ def test_resume_continues_the_run_in_a_new_version(trained, cifar10_dir):
     assert all(0 <= float(row["confidence"]) <= 1 for row in predictions)
 
 
+@pytest.mark.slow
 def test_best_follows_the_checkpoint_callback_whatever_the_file_names(tmp_path, cifar10_dir):
     fit = mobilenet("fit", *small_run(cifar10_dir), "--trainer.max_epochs", "2", "--checkpoint.filename", "ep{epoch}",
                     cwd=tmp_path)  # fmt: skip
@@ -187,6 +195,7 @@ def test_best_follows_the_checkpoint_callback_whatever_the_file_names(tmp_path, 
     assert (tmp_path / "logs" / "cifar10" / "eval" / best / "test" / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_missing_dataset_stops_with_one_clear_message(tmp_path):
     result = mobilenet("fit", "--config", str(CONFIGS / "cifar10.yaml"), "--data.data_dir", str(tmp_path / "empty"),
                        "--data.download", "false", cwd=tmp_path)  # fmt: skip
@@ -200,6 +209,7 @@ def test_missing_dataset_stops_with_one_clear_message(tmp_path):
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "logs").exists()
 
 
+@pytest.mark.slow
 def test_asking_for_a_checkpoint_a_run_does_not_have(tmp_path, cifar10_dir):
     result = mobilenet(
         "test", *small_run(cifar10_dir), "--run_name", "never_trained", "--ckpt_path", "best", cwd=tmp_path
@@ -208,6 +218,7 @@ def test_asking_for_a_checkpoint_a_run_does_not_have(tmp_path, cifar10_dir):
     assert "no checkpoint in 'checkpoints/never_trained'" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_image_folder_run_is_evaluated_exported_and_classified_from_its_checkpoint(tmp_path):
     root = write_image_folder(tmp_path / "images")  # 93 training images in 3 classes, 15 test images
     recipe = [

@@ -101,6 +101,7 @@ def test_missing_onnx_packages_name_the_extra_to_install(checkpoint, tmp_path, m
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_export_command_prints_the_parity_check(checkpoint, tmp_path):
     output = tmp_path / "exported.onnx"
     result = subprocess.run(

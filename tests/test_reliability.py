@@ -146,6 +146,7 @@ class Thing:
 """
 
 
+@pytest.mark.slow
 def test_nothing_a_checkpoint_names_is_imported_and_no_code_in_it_runs(in_tmp, cifar10_dir):
     main(["fit", *small_run_args(cifar10_dir), *QUIET, "--trainer.max_epochs", "1"])
     (in_tmp / "planted.py").write_text(PLANTED)  # importable from here: the command runs in this folder
@@ -192,6 +193,7 @@ def bomb(path: Path, side: int = 30_000) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_classify_names_an_oversized_image_and_an_empty_folder_and_still_classifies_the_rest(checkpoint, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -229,3 +231,73 @@ def test_running_out_of_memory_is_explained(in_tmp, cifar10_dir, monkeypatch):
     message = str(stopped.value.code)
     assert message.startswith("mobilenet: error: Out of memory during `fit`: a batch of 16 images of 32×32 pixels")
     assert "Lower --data.batch_size or --data.resolution" in message
+
+
+def test_a_signal_during_validation_lets_the_epoch_end_and_stops_before_the_next(in_tmp, cifar10_dir, capsys):
+    args = [*small_run_args(cifar10_dir), *QUIET, "--trainer.max_epochs", "3"]
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", *args, "--trainer.callbacks+=signal_sender.SignalDuringValidation"])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    printed = capsys.readouterr().err
+    assert (
+        "Stopped by SIGTERM after epoch 1 (step 5), whose checkpoint checkpoints/cifar10/last.ckpt holds it" in printed
+    )
+    last = torch.load(in_tmp / "checkpoints/cifar10/last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == 5, "epoch 0 saved whole, nothing of epoch 1"
+    logged = csv_rows(in_tmp / "logs/cifar10/version_0/metrics.csv")
+    assert any(row["train/loss"] and row["epoch"] == "0" for row in logged), "epoch 0's figures were logged"
+    main(["fit", *args, "--ckpt_path", "last"])
+    assert {row["epoch"] for row in csv_rows(in_tmp / "logs/cifar10/version_1/metrics.csv")} == {"1", "2"}
+
+
+def test_evaluation_takes_exported_weights_and_fit_refuses_them(checkpoint, in_tmp, cifar10_dir, capsys):
+    from mobilenet.deploy.artifacts import load
+    from mobilenet.deploy.export import export
+
+    export(load(checkpoint), "safetensors", in_tmp / "weights.safetensors")
+    data = ["--data.data_dir", str(cifar10_dir), *QUIET]
+    main(["test", "--ckpt_path", "weights.safetensors", *data])
+    assert (in_tmp / "logs/cifar10/eval/weights/test/metrics.csv").is_file()
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "--ckpt_path", "weights.safetensors", *data])
+    assert "holds a network's weights only (safetensors): fit resumes a training checkpoint" in str(refused.value.code)
+
+
+def test_the_resume_command_names_the_run_and_a_resume_with_another_batch_layout_is_refused():
+    from mobilenet.commands.lightning import resume_command
+    from mobilenet.data.sampling import EpochBatchSampler, ResumableLoader, TensorBatches
+    from mobilenet.errors import UsageError
+
+    hint = resume_command(
+        ["fit", "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--trainer.max_epochs", "9"], "cifar10"
+    )
+    assert hint == "mobilenet fit --trainer.max_epochs 9 --run_name cifar10 --ckpt_path last"
+
+    def loader(batch_size: int) -> ResumableLoader:
+        sampler = EpochBatchSampler(100, batch_size, shuffle=True)
+        return ResumableLoader(
+            TensorBatches(torch.zeros(100, 3, 2, 2), torch.zeros(100)), sampler=sampler, batch_size=None
+        )
+
+    state = {**loader(16).state_dict(), "epoch": 3, "consumed": 4}  # stopped after 4 batches of epoch 3
+    resumed = loader(16)
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(3)  # as Lightning does when the resumed epoch starts
+    uninterrupted = loader(16).sampler
+    uninterrupted.set_epoch(3)
+    expected = [(request.indices.tolist(), request.augment_seed) for request in uninterrupted][4:]
+    assert [(request.indices.tolist(), request.augment_seed) for request in resumed.sampler] == expected
+    with pytest.raises(UsageError, match="batch_size 16.*now .*batch_size 32"):
+        loader(32).load_state_dict(state)
+
+
+def test_only_the_first_process_of_a_launch_takes_the_run_lock(monkeypatch):
+    from mobilenet.training.runs import is_launching_process
+
+    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(variable, raising=False)
+    assert is_launching_process()
+    for variable, value, first in (("SLURM_PROCID", "3", False), ("SLURM_PROCID", "0", True), ("RANK", "1", False)):
+        monkeypatch.setenv(variable, value)
+        assert is_launching_process() is first
+        monkeypatch.delenv(variable)

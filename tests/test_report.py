@@ -39,7 +39,8 @@ def report_dir(finished_run: Path) -> Path:
 def test_report_writes_every_file_into_the_checkpoints_evaluation_folder(report, finished_run):
     assert report.returncode == 0, report.stderr
     out = report_dir(finished_run)
-    for name in ("curves.png", "curves.csv", "confusion_matrix.png", "per_class_accuracy.csv", "test_predictions.png"):
+    for name in ("curves.png", "curves.csv", "confusion_matrix.png", "calibration.png", "per_class_accuracy.csv",
+                 "test_predictions.png"):  # fmt: skip
         assert f"Wrote {out.relative_to(finished_run)}/{name}" in report.stdout
     for name in ("curves.png", "confusion_matrix.png", "test_predictions.png"):
         with Image.open(out / name) as image:
@@ -95,7 +96,7 @@ def test_report_of_a_checkpoint_file_on_its_validation_split_and_mistakes(in_tmp
     main(["report", "--ckpt_path", str(checkpoint), "--out", "from-checkpoint", "--num_images", "4", "--split", "val"])
     written = sorted(p.name for p in (in_tmp / "from-checkpoint").iterdir())
     # No logs/cifar10 where this runs: the split's files are written and the missing curves are said to be.
-    assert written == ["confusion_matrix.png", "per_class_accuracy.csv", "val_predictions.png"]
+    assert written == ["calibration.png", "confusion_matrix.png", "per_class_accuracy.csv", "val_predictions.png"]
     printed = capsys.readouterr().out
     assert "No training metrics of run 'cifar10' in logs/cifar10" in printed
     assert "Validation accuracy of" in printed and "on 20 images" in printed  # the run's 20 held-out images
@@ -103,3 +104,15 @@ def test_report_of_a_checkpoint_file_on_its_validation_split_and_mistakes(in_tmp
         main(["report", "--run_name", "no_such_run"])
     message = refused.value.code
     assert message.startswith("mobilenet: error: --ckpt_path best: no checkpoint in 'checkpoints/no_such_run'")
+
+
+def test_expected_calibration_error_is_the_gap_between_confidence_and_accuracy():
+    from mobilenet.commands.report import expected_calibration_error
+
+    confident = torch.full((10,), 0.8)
+    assert expected_calibration_error(confident, torch.arange(10) < 8) == pytest.approx(0.0, abs=1e-6)  # 80% right
+    assert expected_calibration_error(torch.ones(4), torch.zeros(4, dtype=torch.bool)) == pytest.approx(1.0)
+    # Half the images at 0.95 (all right), half at 0.55 (a fifth right): |1 - 0.95| / 2 + |0.2 - 0.55| / 2
+    mixed = torch.tensor([0.95] * 10 + [0.55] * 10)
+    correct = torch.tensor([True] * 10 + [True] * 2 + [False] * 8)
+    assert expected_calibration_error(mixed, correct) == pytest.approx(0.025 + 0.175, abs=1e-6)

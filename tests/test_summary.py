@@ -87,6 +87,7 @@ def total_line(stdout: str) -> list[str]:
     return next(line for line in stdout.splitlines() if line.startswith("total")).split()
 
 
+@pytest.mark.slow
 def test_summary_command_prints_the_papers_totals_in_millions():
     result = summary(
         "--model.net.width_mult", "0.75", "--data.resolution", "224", "--model.net.stem_stride", "2",

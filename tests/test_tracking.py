@@ -17,6 +17,8 @@ from mobilenet.training import tracking
 from mobilenet.training.tracking import RUN_ID_KEY, WandbLogger
 from wandb_records import item_key, of_type
 
+pytestmark = pytest.mark.slow  # every test here trains with W&B: about a minute
+
 MOBILENET = str(Path(sys.executable).parent / "mobilenet")
 
 
@@ -124,6 +126,8 @@ def test_without_a_network_the_run_goes_offline_at_once_or_stops_if_online_was_a
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
     started = time.monotonic()
     logger = WandbLogger(save_dir=str(tmp_path))
     assert logger.offline and "127.0.0.1:9 cannot be reached" in logger.offline_reason

@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     results: list[dict] = []
     thumbnails: list[tuple[torch.Tensor, str]] = []
     failed = 0
-    bar = progress(total=len(files), desc="Classifying", unit="image", disable=len(files) <= CHUNK, file=sys.stderr)
+    bar = progress(total=len(files), desc="Classifying", unit="images", disable=len(files) <= CHUNK, file=sys.stderr)
     for start in range(0, len(files), CHUNK):
         readable: list[tuple[Path, torch.Tensor]] = []
         for path in files[start : start + CHUNK]:

@@ -222,10 +222,17 @@ def settle(
         config.checkpoint.dirpath = str(CHECKPOINT_ROOT / config.run_name)
     run_dir = Path(config.checkpoint.dirpath)
     checkpoint = resolve_checkpoint(ckpt_path, run_dir, config.run_name, command) if ckpt_path else None
-    if command == "fit":
-        refuse_to_mix(run_dir, config.run_name, str(checkpoint) if checkpoint else None)
     if checkpoint is not None and artifact is None:
         artifact = load(checkpoint, with_network=False)
+    if command == "fit":
+        if artifact is not None and not (artifact.kind == "checkpoint" and "optimizer_states" in artifact.checkpoint):
+            raise UsageError(
+                f"'{artifact.path}' holds a network's weights only ({artifact.kind}): fit resumes a training "
+                f"checkpoint (last.ckpt or the best checkpoint of a run), which also holds the optimiser's and the "
+                f"loop's state. Evaluate these weights with validate, test or predict, or start a new run without "
+                f"--ckpt_path."
+            )
+        refuse_to_mix(run_dir, config.run_name, str(checkpoint) if checkpoint else None)
     config.ckpt_path = str(checkpoint) if checkpoint else None
     if artifact is not None:
         notes = adopt_network(config.model, artifact, given) + adopt_data(config, artifact, given)
@@ -302,6 +309,12 @@ def adopt_data(config: Namespace, artifact: Artifact, given_config: Optional[Nam
     for key, value in trained.items():
         if key not in defaults or (key in given and key not in TASK_DATA):
             continue  # an argument this class does not take, or one the config gives
+        if not same_kind(value, defaults[key]):
+            raise UsageError(
+                f"'{artifact.path}' records the data setting {key}={value!r}, which is not a "
+                f"{type(defaults[key]).__name__} as {short(data.class_path)} takes. The file was edited; give "
+                f"--data.{key} yourself, or use a checkpoint written by `mobilenet fit`."
+            )
         if key in given and plain(given[key]) != plain(value):
             notes.append(f"data.{key}={value} (given: {given[key]})")
         merged[key] = value
@@ -309,6 +322,23 @@ def adopt_data(config: Namespace, artifact: Artifact, given_config: Optional[Nam
         **{key: tuple(value) if key in ("mean", "std") else value for key, value in merged.items()}
     )
     return notes
+
+
+def same_kind(value: Any, default: Any) -> bool:
+    """Whether a value read from a file has the type of an argument's default (any, where there is none)."""
+    if default is None or default is inspect.Parameter.empty:
+        return value is None or isinstance(value, (str, int, float, bool, list))
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (isinstance(default, float) or isinstance(value, int))
+        )
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list)) and all(same_kind(v, d) for v, d in zip(value, default, strict=False))
+    return isinstance(value, type(default))
 
 
 def short(class_path: str) -> str:

@@ -1,5 +1,6 @@
 """``mobilenet import-tutorial``: weights trained with the reference tutorial's network as a checkpoint of ours
-(``mobilenet.deploy.tutorial``), which every other command then accepts."""
+(``mobilenet.deploy.tutorial``), which the evaluation and deployment commands then accept (fit resumes
+training checkpoints only)."""
 
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def main(argv: list[str]) -> int:
     output, weights = Path(config.output), Path(config.weights)
     if output.suffix != ".ckpt":
         raise UsageError(f"--output '{output}' should end in .ckpt, the checkpoint suffix the other commands expect.")
-    check_output(output, weights, config.overwrite)
+    check_output(output, weights, config.overwrite, ".ckpt")
     net_state, model = convert_state_dict(unwrap(torch_load(weights), str(weights)))
     data = config.data.init_args
     # CIFAR-10 is the default dataset: unless another is named, the network's outputs say which it was.

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, TQDMProgressBar
@@ -25,12 +26,12 @@ from mobilenet.commands.grammar import (
     settle,
 )
 from mobilenet.data.base import BatchedDataModule
-from mobilenet.deploy.artifacts import first_line
+from mobilenet.deploy.artifacts import Artifact, first_line, load
 from mobilenet.errors import UsageError
 from mobilenet.files import check_writable
 from mobilenet.training.callbacks import (
     CompactModelSummary,
-    LineProgress,
+    PlainProgressBar,
     PredictionWriter,
     Preemption,
     StopOnNonFiniteLoss,
@@ -90,6 +91,7 @@ class MobileNetCLI(LightningCLI):
         config = self.config[command]
         given = given_values(parser, args, command)
         self.settled = settle(config, command, default_ckpt=None if command == "fit" else "best", given=given)
+        self.weights = check_trainer_source(self.settled, command)
         if config.trainer.precision is None:
             config.trainer.precision = auto_precision(config.trainer.accelerator)
         loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
@@ -103,20 +105,22 @@ class MobileNetCLI(LightningCLI):
             if is_launching_process():
                 RunLock.acquire(self.settled.run_dir, config.run_name)
             stop_if_finished(config, self.settled)
-            self.resume_hint = resume_command(sys.argv[1:] if args is None else args)
+            self.resume_hint = resume_command(sys.argv[1:] if args is None else args, config.run_name)
         else:
             check_writable(evaluation_loggers(config, self.settled, command))
         # LightningCLI would read the checkpoint's hyper_parameters itself and apply them (importing any class
         # they name); settle() has applied its checked record instead, so the path is held back until then.
-        self.checkpoint_path, config.ckpt_path = config.ckpt_path, None
+        # Weights without Lightning's state (an export) are loaded into the network instead of restored.
+        self.checkpoint_path, config.ckpt_path = (None if self.weights else config.ckpt_path), None
 
     def continue_wandb_run(self, loggers: list) -> None:
         """A resumed fit continues its W&B run: the id is kept in the checkpoints."""
         artifact = self.settled.artifact
         run_id = artifact.checkpoint.get(RUN_ID_KEY) if artifact and artifact.kind == "checkpoint" else None
         for logger in loggers:
-            if run_id and is_wandb_logger(logger.class_path) and logger.init_args.get("id") is None:
-                logger.init_args.id = run_id
+            if run_id and isinstance(logger, Namespace) and is_wandb_logger(logger.get("class_path", "")):
+                if logger.init_args.get("id") is None:
+                    logger.init_args.id = run_id
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand:
@@ -124,6 +128,8 @@ class MobileNetCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         self.model.run_record = {"name": self.settled.run_name, "config": self.config_record()}
+        if self.weights is not None:
+            self.model.net.load_state_dict(self.weights.network.state_dict())
         if self.settled.artifact is not None and isinstance(self.datamodule, BatchedDataModule):
             check_classes(self.datamodule, self.settled)
 
@@ -141,14 +147,15 @@ class MobileNetCLI(LightningCLI):
             # state it stores: a resume then still knows which file is the best so far.
             last = last_checkpoint(self.config.fit.checkpoint.dirpath)
             callbacks.append(last)
-            callbacks.append(Preemption(Path(last.dirpath) / LAST_NAME, self.resume_hint))
         else:  # evaluation writes no checkpoints, and restores no checkpoint callback's state
             callbacks[:] = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
         callbacks.extend(WandbRunCallback(logger) for logger in wandb_loggers(trainer))
         callbacks.append(StopOnNonFiniteLoss())
+        if self.subcommand == "fit":  # after the loss check: it has seen the batch a stop would save
+            callbacks.append(Preemption(Path(last.dirpath) / LAST_NAME, self.resume_hint))
         for index, callback in enumerate(callbacks):
             if type(callback) is TQDMProgressBar and not sys.stdout.isatty():
-                callbacks[index] = LineProgress()  # output to a file: whole lines, not redrawn bars
+                callbacks[index] = PlainProgressBar()  # output to a file: whole lines, not redrawn bars
             elif type(callback) is ModelSummary:
                 callbacks[index] = CompactModelSummary(max_depth=callback._max_depth)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin is left alone
@@ -199,6 +206,29 @@ def out_of_memory(err: BaseException) -> bool:
     )
 
 
+def check_trainer_source(settled: Settled, command: str) -> Optional[Artifact]:
+    """What the Trainer can start from: a Lightning checkpoint; for evaluation also exported weights (safetensors,
+    state_dict), returned loaded so that they go into the network directly. ONNX and TorchScript files hold graphs
+    for other runtimes, and ``fit`` resumes training state, which only a training checkpoint has."""
+    artifact = settled.artifact
+    if artifact is None or (
+        artifact.kind == "checkpoint" and (command != "fit" or "optimizer_states" in artifact.checkpoint)
+    ):
+        return None
+    if command == "fit":
+        raise UsageError(
+            f"'{artifact.path}' holds a network's weights only ({artifact.kind}): fit resumes a training checkpoint "
+            f"(last.ckpt or the best checkpoint of a run), which also holds the optimiser's and the loop's state. "
+            f"Evaluate these weights with validate, test or predict, or start a new run without --ckpt_path."
+        )
+    if artifact.kind in ("onnx", "torchscript"):
+        raise UsageError(
+            f"'{artifact.path}' is a {artifact.kind} export: {command} runs the PyTorch network. Pass the checkpoint "
+            f"it was exported from, or use `mobilenet classify` or `mobilenet report`, which run exports as well."
+        )
+    return load(artifact.path)
+
+
 def stop_if_finished(config, settled: Settled) -> None:
     """Resuming a run that has trained its epochs already: say so and stop, instead of Lightning's error (fewer
     epochs asked for) or a silent run that trains nothing and leaves an empty log folder."""
@@ -218,8 +248,9 @@ def stop_if_finished(config, settled: Settled) -> None:
     raise SystemExit(0)
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command line that continues this fit: the same one with --ckpt_path last."""
+def resume_command(argv: list[str], run_name: str) -> str:
+    """The command line that continues this fit: the same one with --ckpt_path last (and the run's name, which
+    a checkpoint file given as --ckpt_path may have supplied)."""
     kept, skip = [], False
     for arg in argv:
         if skip:
@@ -228,7 +259,8 @@ def resume_command(argv: list[str]) -> str:
             skip = True
         elif not arg.startswith("--ckpt_path="):
             kept.append(arg)
-    return shlex.join(["mobilenet", *kept, "--ckpt_path", "last"])
+    named = any(arg == "--run_name" or arg.startswith("--run_name=") for arg in kept)
+    return shlex.join(["mobilenet", *kept, *([] if named else ["--run_name", run_name]), "--ckpt_path", "last"])
 
 
 def check_classes(data: BatchedDataModule, settled: Settled) -> None:

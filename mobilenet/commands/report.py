@@ -4,6 +4,7 @@ Writes into ``logs/<run>/eval/<checkpoint>/report/`` (or ``--out``):
     curves.png, curves.csv         train loss, validation loss and accuracy per epoch (all of the run's
                                    fit sessions, a resumed one included), when the run's logs are here
     confusion_matrix.png           on the evaluated split (--split test or val), rows true classes
+    calibration.png                accuracy against confidence, and the expected calibration error
     per_class_accuracy.csv         on that split, one row per class
     <split>_predictions.png        8 of its images titled "label / prediction (confidence)"
 """
@@ -28,6 +29,7 @@ CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc")
 LOGGED = {"train/loss": "train_loss", "val/loss": "val_loss", "val/acc": "val_acc"}
 VERSION = re.compile(r"version_(\d+)$")
 SPLITS = ("test", "val")
+CALIBRATION_BINS = 15
 
 
 def version_number(folder: Path) -> int:
@@ -87,6 +89,24 @@ def confusion(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int)
     return torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)
 
 
+def calibration_bins(
+    confidence: torch.Tensor, correct: torch.Tensor, bins: int = CALIBRATION_BINS
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(images per bin, accuracy per bin, expected calibration error) over ``bins`` equal-width confidence bins.
+
+    The expected calibration error is Σ over bins of (share of images in the bin) × |accuracy - mean confidence|.
+    """
+    index = (confidence * bins).long().clamp(max=bins - 1)
+    counts = torch.zeros(bins).index_add_(0, index, torch.ones_like(confidence))
+    right = torch.zeros(bins).index_add_(0, index, correct.float())
+    gap = (right - torch.zeros(bins).index_add_(0, index, confidence)).abs()
+    return counts, right / counts.clamp(min=1), float(gap.sum() / counts.sum().clamp(min=1))
+
+
+def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = CALIBRATION_BINS) -> float:
+    return calibration_bins(confidence, correct, bins)[2]
+
+
 def write_split_results(
     classifier: Classifier,
     images: torch.Tensor,
@@ -95,9 +115,10 @@ def write_split_results(
     num_images: int,
     title: str,
     split: str,
-) -> tuple[list[Path], float]:
+) -> tuple[list[Path], float, float]:
+    """The split's figures and tables; returns (files written, accuracy, expected calibration error)."""
     probabilities = classifier.probabilities(images, progress=True)
-    predictions = probabilities.argmax(dim=1)
+    confidence, predictions = probabilities.max(dim=1)
     names = classifier.class_names
     matrix = confusion(labels, predictions, len(names))
     accuracy = (predictions == labels).float().mean().item()
@@ -116,12 +137,14 @@ def write_split_results(
         correct=[bool(labels[i] == predictions[i]) for i in shown],
         title=f"{title}: {name} images, label / prediction (confidence)",
     )
+    counts, bin_accuracy, ece = calibration_bins(confidence, predictions == labels)
     written = [
         plots.save(figure, out / "confusion_matrix.png"),
+        plots.save(plots.calibration(counts, bin_accuracy, ece), out / "calibration.png"),
         per_class_path,
         plots.save(grid, out / f"{split}_predictions.png"),
     ]
-    return written, accuracy
+    return written, accuracy, ece
 
 
 def main(argv: list[str]) -> int:
@@ -149,12 +172,15 @@ def main(argv: list[str]) -> int:
         print(f"No training metrics of run '{source.run_name}' in {logs}: no curves drawn.")
     classifier = open_classifier(source.checkpoint, device=config.device)
     images, labels = split_images(config.data, config.split)
-    files, accuracy = write_split_results(
+    files, accuracy, ece = write_split_results(
         classifier, images, labels, out, config.num_images, source.run_name, config.split
     )
     written += files
     name = {"test": "Test", "val": "Validation"}[config.split]
-    print(f"{name} accuracy of {source.checkpoint}: {accuracy:.2%} on {len(labels)} images.")
+    print(
+        f"{name} accuracy of {source.checkpoint}: {accuracy:.2%} on {len(labels)} images; expected calibration "
+        f"error {ece:.2%} ({CALIBRATION_BINS} bins)."
+    )
     for path in written:
         print(f"Wrote {path}")
     return 0

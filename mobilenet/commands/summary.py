@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mobilenet.commands.grammar import command_parser, parse, plain, settle
-from mobilenet.data.base import MAX_RESOLUTION
+from mobilenet.data.augment import MAX_RESOLUTION
 from mobilenet.data.cifar import NUM_CLASSES
 from mobilenet.errors import UsageError
 from mobilenet.model import MobileNetV1

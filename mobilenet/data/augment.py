@@ -27,6 +27,10 @@ PRESETS: tuple[str, ...] = ("seed", "standard", "none")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
+# Largest input side accepted: MobileNetV1 at α = 1 needs about 4 MB of activations per 32×32 image in training,
+# growing with the square of the side, so 1024×1024 batches of 128 would need terabytes.
+MAX_RESOLUTION = 1024
+
 # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale uses them.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 

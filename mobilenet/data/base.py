@@ -14,13 +14,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from mobilenet.data.augment import CIFAR10_MEAN, CIFAR10_STD, PRESETS, BatchTransform, Preset
+from mobilenet.data.augment import CIFAR10_MEAN, CIFAR10_STD, MAX_RESOLUTION, PRESETS, BatchTransform, Preset
 from mobilenet.data.sampling import EpochBatchSampler, ResumableLoader, TensorBatches
 from mobilenet.errors import UsageError
-
-# Largest input side accepted: MobileNetV1 at α = 1 needs about 4 MB of activations per 32×32 image in training,
-# growing with the square of the side, so 1024×1024 batches of 128 would need terabytes.
-MAX_RESOLUTION = 1024
 
 
 class BatchedDataModule(LightningDataModule):

@@ -86,7 +86,7 @@ def decode_images(
     kept, skipped = [], []
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         results = pool.map(lambda path: try_load(path, resolution), files, chunksize=64)
-        for i, (image, reason) in enumerate(progress(results, total=len(files), desc=description, unit="image")):
+        for i, (image, reason) in enumerate(progress(results, total=len(files), desc=description, unit="images")):
             if image is None:
                 skipped.append((files[i], reason))
             else:

@@ -13,6 +13,8 @@ from typing import Iterator, NamedTuple, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mobilenet.errors import UsageError
+
 
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers, the same on every machine and Python version (unlike ``hash``)."""
@@ -92,10 +94,29 @@ class ResumableLoader(DataLoader):
     resumed from a checkpoint saved mid-epoch continues with the next batch, not from the epoch's start."""
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "consumed": self.sampler.consumed}
+        return {"epoch": self.sampler.epoch, "consumed": self.sampler.consumed, **self.layout()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        saved = {key: state[key] for key in self.layout() if key in state}
+        if saved != {key: value for key, value in self.layout().items() if key in saved}:
+            raise UsageError(
+                f"The checkpoint stopped in the middle of an epoch whose batches were laid out differently "
+                f"({', '.join(f'{key} {value}' for key, value in saved.items())}; now "
+                f"{', '.join(f'{key} {value}' for key, value in self.layout().items() if key in saved)}): resuming "
+                f"would skip or repeat images. Resume with the same --data.batch_size, --data.seed, data and number "
+                f"of processes."
+            )
         self.sampler.resume(int(state["epoch"]), int(state["consumed"]))
+
+    def layout(self) -> dict[str, int]:
+        """What decides which images the epoch's batches hold."""
+        sampler = self.sampler
+        return {
+            "images": sampler.num_items,
+            "batch_size": sampler.batch_size,
+            "seed": sampler.seed,
+            "world_size": sampler.world_size,
+        }
 
 
 class TensorBatches(Dataset):

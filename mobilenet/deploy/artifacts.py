@@ -18,8 +18,10 @@ Files understood:
     .pt            TorchScript with the record as the extra file ``mobilenet.json`` (``export``)
     .pth           a state_dict with the record in the ``.pth.json`` file beside it (``export``)
 
-Every file is read without running code from it: ``torch.load(weights_only=True)``, safetensors, JSON. The
-record is checked (types, ranges, known keys) before anything uses it, and no class named in a file is imported.
+Checkpoints, state_dicts and safetensors are read without unpickling code (``torch.load(weights_only=True)``,
+safetensors, JSON); TorchScript and ONNX files hold graphs that their runtimes execute as written, so they are
+only as safe as their source. The record is checked (types, ranges, known keys) before anything uses it, and
+no class named in a file is imported.
 """
 
 import json
@@ -33,7 +35,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from mobilenet.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from mobilenet.data.augment import CIFAR10_MEAN, CIFAR10_STD, MAX_RESOLUTION
 from mobilenet.errors import UsageError
 from mobilenet.model import NETWORK_ARGUMENTS, MobileNetV1
 
@@ -43,7 +45,6 @@ SCHEMA_VERSION = 1
 # The DataModules a record may name for evaluation from the checkpoint alone; another class path in a file is
 # never imported (the user can name it with --data, which is their own choice of code to run).
 DATA_CLASSES = ("mobilenet.data.CIFARDataModule", "mobilenet.data.ImageFolderDataModule")
-MAX_RESOLUTION = 1024
 SIDECAR_SUFFIX = ".json"
 TORCHSCRIPT_METADATA = "mobilenet.json"
 KINDS = {
@@ -141,6 +142,13 @@ class Metadata:
         for key in ("run", "export"):
             if record.get(key) is not None and not isinstance(record[key], dict):
                 raise bad(f"'{key}' must be a dict")
+        if not isinstance((record.get("run") or {}).get("name") or "", str):
+            raise bad("'run.name' must be a string")
+        schema = record.get("schema", SCHEMA_VERSION)
+        if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+            raise bad(f"record format {schema!r}, newer than this version of mobilenet reads ({SCHEMA_VERSION})")
+        if data is not None and not all(isinstance(key, str) for key in data["init_args"]):
+            raise bad("'data.init_args' must have string keys")
         return cls(
             network=dict(network),
             class_names=list(names),
@@ -230,7 +238,13 @@ def checkpoint_metadata(checkpoint: dict, where: str) -> Metadata:
     """The record of a Lightning checkpoint, converted from the layout of earlier versions where needed."""
     if METADATA_KEY in checkpoint:
         return Metadata.from_dict(checkpoint[METADATA_KEY], where)
-    return Metadata.from_dict(legacy_record(checkpoint, where), where)
+    try:
+        record = legacy_record(checkpoint, where)
+    except (TypeError, AttributeError, ValueError) as err:  # a hand-made file in the earlier layout
+        raise UsageError(
+            f"'{where}' carries settings in an earlier layout that cannot be read ({first_line(err)})."
+        ) from err
+    return Metadata.from_dict(record, where)
 
 
 def legacy_record(checkpoint: dict, where: str) -> dict:
@@ -259,6 +273,13 @@ def legacy_record(checkpoint: dict, where: str) -> dict:
 
 def build_network(metadata: Metadata, weights: dict[str, torch.Tensor], where: str) -> MobileNetV1:
     """``MobileNetV1(**metadata.network)`` holding ``weights`` (float32, eval mode), or why they do not fit."""
+    strange = [
+        str(key) for key, value in weights.items() if not isinstance(key, str) or not isinstance(value, torch.Tensor)
+    ]
+    if strange:
+        raise UsageError(
+            f"'{where}' holds entries that are not named tensors where weights belong: {', '.join(strange[:5])}."
+        )
     net = MobileNetV1(**metadata.network)
     own = net.state_dict()
     missing = sorted(set(own) - set(weights))
@@ -291,9 +312,9 @@ def describe(metadata: Metadata) -> str:
     return f"MobileNetV1 α = {network.get('width_mult', 1.0):g}, {metadata.num_classes} classes"
 
 
-def network_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def network_weights(state_dict: dict) -> dict:
     """The ``MobileNetV1`` weights inside a LightningModule's state_dict (its ``net.`` entries)."""
-    return {key.removeprefix("net."): value for key, value in state_dict.items() if key.startswith("net.")}
+    return {key[len("net.") :]: value for key, value in state_dict.items() if str(key).startswith("net.")}
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -397,6 +418,19 @@ def load_torchscript(path: Path, with_network: bool) -> Artifact:
 
 
 def load_onnx(path: Path, with_network: bool) -> Artifact:
+    if not with_network:  # the record alone: read it without starting ONNX Runtime
+        try:
+            import onnx
+
+            model = onnx.load(str(path), load_external_data=False)
+            stored = {prop.key: prop.value for prop in model.metadata_props}.get(METADATA_KEY)
+        except ImportError:
+            stored = None
+        except Exception as err:  # onnx raises protobuf's DecodeError for damaged files
+            raise UsageError(f"'{path}' could not be read as an ONNX model ({first_line(err)}).") from err
+        if stored or sidecar_path(path).is_file():
+            metadata = Metadata.from_dict(parse_json(stored, path), str(path)) if stored else read_sidecar(path)
+            return Artifact(path, "onnx", metadata)
     ort = require("onnxruntime")
     try:
         options = ort.SessionOptions()
@@ -407,7 +441,7 @@ def load_onnx(path: Path, with_network: bool) -> Artifact:
         raise UsageError(f"'{path}' could not be read as an ONNX model ({first_line(err)}).") from err
     stored = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     metadata = Metadata.from_dict(parse_json(stored, path), str(path)) if stored else read_sidecar(path)
-    return Artifact(path, "onnx", metadata, session=session if with_network else None)
+    return Artifact(path, "onnx", metadata, session=session)
 
 
 def parse_json(text: str, path: Path) -> Any:

@@ -11,7 +11,7 @@ preprocessing the DataModules apply in evaluation (``mobilenet.data.augment.Batc
 
 import sys
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from mobilenet.errors import UsageError
 from mobilenet.progress import progress as progress_bar
 
 Backend = Literal["auto", "torch", "onnxruntime"]
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = get_args(Backend)
 # Images per forward pass: α = 1 at 32×32 needs about 4 MB of activations per image in float32.
 BATCH_SIZE = 256
 
@@ -56,7 +56,7 @@ class Classifier:
         images = torch.as_tensor(images)
         starts = range(0, len(images), BATCH_SIZE)
         if progress:
-            starts = progress_bar(starts, desc="Classifying", unit="batch", file=sys.stderr)
+            starts = progress_bar(starts, desc="Classifying", unit="batches", file=sys.stderr)
         chunks = [self.forward(self.preprocess(images[start : start + BATCH_SIZE])) for start in starts]
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.class_names))
 

@@ -7,14 +7,17 @@ in ``<file>.json`` beside it as well, for consumers outside Python):
     state_dict    ``MobileNetV1(**network).load_state_dict``-ready
     safetensors   the same weights as state_dict (optionally float16), record in the file's metadata
 
-Every export is written under a temporary name, read back through ``mobilenet.deploy.artifacts.load`` (the door
-every consumer uses), compared with the source network on random inputs (largest absolute logit difference
-printed), and only then renamed into place: a failed export never replaces a good earlier file.
+Every export is written into a hidden folder beside its destination, read back through
+``mobilenet.deploy.artifacts.load`` (the door every consumer uses), compared with the source network on random
+inputs (largest absolute logit difference printed), and only then renamed into place: a failed export never
+replaces a good earlier file.
 """
 
 import contextlib
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -32,7 +35,7 @@ from mobilenet.deploy.artifacts import (
 )
 from mobilenet.deploy.folding import fold_batchnorm
 from mobilenet.errors import UsageError
-from mobilenet.files import atomic_write, check_writable, partial_path, same_file, write_text
+from mobilenet.files import atomic_write, check_writable, process_alive, same_file, write_text
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "state_dict": ".pth", "safetensors": ".safetensors"}
 # Largest absolute logit difference accepted: float32 rounding gives about 1e-5; float16 weights about 1e-2.
@@ -126,12 +129,14 @@ def export(
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
     if half and fmt not in ("safetensors", "state_dict"):
         raise UsageError("--half stores float16 weights; it applies to --format safetensors or state_dict only.")
-    check_output(output, source.path, overwrite)
+    check_output(output, source.path, overwrite, FORMATS[fmt])
     if fmt == "onnx":  # before any work, so that a missing package is the first thing said
         require("onnx"), require("onnxscript"), require("onnxruntime")
     net = source.network
-    if net is None or source.kind == "onnx":
-        raise UsageError(f"'{source.path}' is an ONNX model; export from the checkpoint it was made from.")
+    if net is None or source.kind in ("onnx", "torchscript"):
+        raise UsageError(
+            f"'{source.path}' is an export ({source.kind}); export from the checkpoint or weights it was made from."
+        )
     folded = fold and fmt in ("onnx", "torchscript")
     metadata = Metadata.from_dict(
         {
@@ -151,8 +156,14 @@ def export(
     if folded:
         folded_diff = max_logit_difference(net, exported, metadata.resolution)
         report.append(f"BatchNorm folded into the convolutions: max |Δlogit| = {folded_diff:.2e}")
-    # Written under a temporary name first: the parity check reads it back before it takes the final name.
-    staged = partial_path(output).with_name(partial_path(output).name + FORMATS[fmt])
+    # Written into a hidden folder beside the output first: the parity check reads it back from there, and only
+    # then do the file and its record take their names (a killed export's folder is removed by the next one).
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for stale in output.parent.glob(".export-*"):
+        if stale.is_dir() and not process_alive(stale.name.split("-")[1]):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=output.parent))
+    staged = staging / output.name
     try:
         write_text(sidecar_path(staged), metadata.to_json() + "\n")
         if fmt == "onnx":
@@ -184,13 +195,12 @@ def export(
         os.replace(sidecar_path(staged), sidecar_path(output))
         os.replace(staged, output)
     finally:
-        staged.unlink(missing_ok=True)
-        sidecar_path(staged).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
     report.append(f"Wrote {output} ({output.stat().st_size / 1e6:.1f} MB) and its record {sidecar_path(output)}.")
     return report
 
 
-def check_output(output: Path, source: Path, overwrite: bool) -> None:
+def check_output(output: Path, source: Path, overwrite: bool, suffix: str = "") -> None:
     """Refuse to write over the source, over a folder, into a path whose parent is a file, or over an existing
     file without ``overwrite``."""
     if same_file(output, source):
@@ -199,7 +209,7 @@ def check_output(output: Path, source: Path, overwrite: bool) -> None:
             f"--output."
         )
     if output.is_dir():
-        raise UsageError(f"--output '{output}' is a folder; give a file name, e.g. {output / 'model'}{output.suffix}.")
+        raise UsageError(f"--output '{output}' is a folder; give a file name, e.g. {output / 'model'}{suffix}.")
     blocking = next((parent for parent in output.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise UsageError(f"--output '{output}' cannot be written: '{blocking}' is a file, not a folder.")

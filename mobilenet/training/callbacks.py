@@ -1,5 +1,5 @@
-"""The callbacks the CLI adds to every run: a stop at the first non-finite loss, the predictions CSV, progress
-as plain lines where output goes to a file, and a model summary without empty rows."""
+"""The callbacks the CLI adds: a stop at the first non-finite loss, a resumable stop at SIGTERM or SIGINT, the
+predictions CSV, progress as plain lines where output goes to a file, and a model summary without empty rows."""
 
 import math
 import os
@@ -147,7 +147,7 @@ class PredictionWriter(BasePredictionWriter):
             self.summary = ""
 
 
-class LineProgress(ProgressBar):
+class PlainProgressBar(ProgressBar):
     """Progress as whole lines, for output that goes to a file (nohup, SLURM, CI) instead of a terminal.
 
     A progress bar redraws itself with carriage returns, which fill a log file with hundreds of partial lines.
@@ -246,8 +246,13 @@ class Preemption(Callback):
     to resume, and exit with 128 + the signal number, so that ``fit && test`` or a requeue script knows the run
     did not finish. A second Ctrl+C stops at once, as usual.
 
-    ``--ckpt_path last`` then continues with the next batch; on the CPU the result is bit-identical to a run
-    that was never interrupted.
+    The stop waits for a batch that is not an epoch's last (the epoch then ends as usual: validation, its
+    checkpoints, its logged figures) and that completes a gradient accumulation; a signal during validation
+    stops after the next training batch. ``--ckpt_path last`` then continues with the next batch; on the CPU
+    the result is bit-identical to a run that was never interrupted.
+
+    The handlers replace Lightning's own SIGTERM handling for the time of training (Lightning would end the run
+    with status 0 and no checkpoint); Lightning restores the handlers it found when ``fit`` ends, however it ends.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -256,14 +261,18 @@ class Preemption(Callback):
         self.last_path = Path(last_path)
         self.resume_hint = resume_hint
         self.received: int | None = None
-        self.previous: dict[int, Any] = {}
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
-            return
-        for signum in self.SIGNALS:
-            self.previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, self.notice)
+    def install(self) -> None:
+        # After Lightning registers its handlers (right before the sanity check and the training loop).
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for signum in self.SIGNALS:
+                signal.signal(signum, self.notice)
+
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.install()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.install()
 
     def notice(self, signum: int, frame) -> None:
         if signum == signal.SIGINT and self.received == signal.SIGINT:
@@ -271,25 +280,37 @@ class Preemption(Callback):
         self.received = signum
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        stop = self.received is not None
-        if trainer.world_size > 1:  # every rank stops at the same batch: saving is collective
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if not stop:
+        if batch_idx + 1 >= trainer.num_training_batches or (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # the epoch's last batch, or gradients still accumulating: stop later
+        if trainer.world_size > 1 and trainer.global_step % max(1, trainer.log_every_n_steps):
+            # Every rank must stop at the same batch (saving is collective), and asking the others is a
+            # collective too: once per log_every_n_steps steps, as the loss check reads the device.
             return
-        signum = self.received or signal.SIGTERM
-        trainer.save_checkpoint(self.last_path, weights_only=False)
-        name = signal.Signals(signum).name
-        saved = os.path.relpath(self.last_path) if self.last_path.is_relative_to(Path.cwd()) else self.last_path
-        message = (
-            f"Stopped by {name} in epoch {trainer.current_epoch + 1} after batch {batch_idx + 1} of "
-            f"{trainer.num_training_batches} (step {trainer.global_step}); saved {saved}. "
-            f"Resume with: {self.resume_hint}"
-        )
-        if trainer.is_global_zero:
-            print(message, file=sys.stderr, flush=True)
-        raise Preempted(128 + signum)
+        if self.requested(trainer):
+            trainer.save_checkpoint(self.last_path, weights_only=False)
+            where = (
+                f"in epoch {trainer.current_epoch + 1} after batch {batch_idx + 1} of {trainer.num_training_batches}"
+            )
+            self.stop(trainer, f"{where} (step {trainer.global_step}); saved {self.shown_path()}")
 
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        self.previous = {}
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A signal during an epoch's last batch or its validation: that epoch ended as usual and its last.ckpt
+        # is written; stop before the next one begins.
+        if trainer.current_epoch > 0 and self.requested(trainer):
+            self.stop(trainer, f"after epoch {trainer.current_epoch} (step {trainer.global_step}), whose checkpoint "
+                               f"{self.shown_path()} holds it")  # fmt: skip
+
+    def requested(self, trainer: Trainer) -> bool:
+        stop = self.received is not None
+        return trainer.strategy.reduce_boolean_decision(stop, all=False) if trainer.world_size > 1 else stop
+
+    def shown_path(self) -> str:
+        path = self.last_path
+        return os.path.relpath(path) if path.is_absolute() and path.is_relative_to(Path.cwd()) else str(path)
+
+    def stop(self, trainer: Trainer, where: str) -> None:
+        signum = self.received or signal.SIGTERM
+        if trainer.is_global_zero:
+            name = signal.Signals(signum).name
+            print(f"Stopped by {name} {where}. Resume with: {self.resume_hint}", file=sys.stderr, flush=True)
+        raise Preempted(128 + signum)

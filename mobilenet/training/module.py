@@ -16,6 +16,8 @@ from mobilenet.deploy.artifacts import METADATA_KEY, Metadata, checkpoint_metada
 from mobilenet.errors import UsageError
 from mobilenet.model import MobileNetV1
 
+# Where a checkpoint keeps the training epoch's running loss sum and image count (for a mid-epoch resume).
+EPOCH_SUMS_KEY = "epoch_running_sums"
 # Top-5 accuracy is reported when there are more classes than CIFAR-10's ten (CIFAR-100 and up).
 TOP5_MIN_CLASSES = 11
 
@@ -108,8 +110,12 @@ class MobileNetClassifier(LightningModule):
         # so far survive a resume in the middle of an epoch.
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
-        self.register_buffer("epoch_loss_sum", torch.zeros(()))
-        self.register_buffer("epoch_images", torch.zeros(()))
+        # The running sums of the training epoch: plain tensors, not buffers (DDP would overwrite every rank's
+        # with rank 0's). A checkpoint saved mid-epoch carries them (on_save_checkpoint); ``resumed`` holds them
+        # until the resumed epoch starts.
+        self.epoch_loss_sum = torch.zeros(())
+        self.epoch_images = torch.zeros(())
+        self.resumed: Optional[dict[str, torch.Tensor]] = None
         # The run this module trains in, recorded in its checkpoints; the CLI fills it in.
         self.run_record: dict = {}
 
@@ -171,8 +177,6 @@ class MobileNetClassifier(LightningModule):
             return
         self.log("train/loss", self.epoch_loss_sum / self.epoch_images, sync_dist=True)
         self.log_dict(self.train_metrics)  # Lightning computes (across ranks) and resets them
-        self.epoch_loss_sum.zero_()
-        self.epoch_images.zero_()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.evaluation_step(batch, "val")
@@ -220,10 +224,16 @@ class MobileNetClassifier(LightningModule):
         logged, and a resume begins the next epoch.
         """
         checkpoint[METADATA_KEY] = self.metadata().to_dict()
-        if self._trainer is not None and self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            state = checkpoint["state_dict"]
-            for key, value in self.epoch_running_state().items():
-                state[key] = torch.zeros_like(value)
+        sums = {"epoch_loss_sum": self.epoch_loss_sum.clone(), "epoch_images": self.epoch_images.clone()}
+        # Under DDP each rank has its own sums and only rank 0's would be saved: the resumed epoch's figures then
+        # count the batches after the resume only.
+        if self._trainer is not None and (
+            self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or self.trainer.world_size > 1
+        ):
+            sums = {key: torch.zeros_like(value) for key, value in sums.items()}
+            for key, value in self.epoch_running_state(checkpoint["state_dict"]).items():
+                checkpoint["state_dict"][key] = torch.zeros_like(value)
+        checkpoint[EPOCH_SUMS_KEY] = sums
 
     def metadata(self) -> Metadata:
         data = self.trainer.datamodule if self._trainer else None
@@ -255,25 +265,23 @@ class MobileNetClassifier(LightningModule):
             **preprocessing,
         )
 
-    def epoch_running_state(self) -> dict[str, torch.Tensor]:
-        """The state_dict entries that sum up the current training epoch."""
-        return {
-            key: value
-            for key, value in self.state_dict().items()
-            if key.startswith("train_metrics.") or key in ("epoch_loss_sum", "epoch_images")
-        }
+    @staticmethod
+    def epoch_running_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entries of a (checkpoint's) state_dict that count the current training epoch: train accuracy."""
+        return {key: value for key, value in state.items() if key.startswith("train_metrics.")}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """``MobileNetClassifier.load_from_checkpoint(path)`` builds the network the checkpoint records; weights
         of another shape for a module in training are refused with a sentence, before Lightning's long error."""
-        if self._trainer is None and METADATA_KEY in checkpoint:
-            network = checkpoint_metadata(checkpoint, "the checkpoint").network
+        if self._trainer is None:
+            network = checkpoint_metadata(checkpoint, "the checkpoint").network  # earlier layouts converted
             if network != self.net.arguments:
                 self.net = MobileNetV1(**network).to(memory_format=self.memory_format)
                 self.make_metrics(self.net.arguments["num_classes"])
         own = self.state_dict()
         saved_state = checkpoint.setdefault("state_dict", {})
-        for key, value in self.epoch_running_state().items():  # which checkpoints of earlier versions lack
+        self.resumed = checkpoint.get(EPOCH_SUMS_KEY)
+        for key, value in self.epoch_running_state(own).items():  # which checkpoints of earlier versions lack
             saved_state.setdefault(key, torch.zeros_like(value))
         for key, saved in saved_state.items():
             if key in own and saved.shape != own[key].shape:
@@ -285,6 +293,11 @@ class MobileNetClassifier(LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
+        sums = self.resumed or {"epoch_loss_sum": torch.zeros(()), "epoch_images": torch.zeros(())}
+        self.epoch_loss_sum, self.epoch_images = (
+            sums[key].to(self.device) for key in ("epoch_loss_sum", "epoch_images")
+        )
+        self.resumed = None
 
     def configure_optimizers(self):
         exempt = self.no_weight_decay

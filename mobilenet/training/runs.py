@@ -168,16 +168,19 @@ def remove_if_empty(log_dir: Path) -> None:
     """Delete a log folder that holds nothing but the run's configuration (a run that failed before logging)."""
     if log_dir.is_dir() and {path.name for path in log_dir.iterdir()} <= UNRECORDED_LOG_FILES:
         shutil.rmtree(log_dir)
+        root = LOG_ROOT.resolve()
         parent = log_dir.parent
-        while parent.name != LOG_ROOT.name and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()  # logs/<run>/... of a run that never logged anything
+        # logs/<run>/... of a run that never logged anything, up to logs/ itself (never outside it)
+        while root in parent.resolve().parents and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
             parent = parent.parent
 
 
 def is_launching_process() -> bool:
     """Whether this is the process that started the run: not one of the ranks Lightning or torchrun starts."""
-    if "RANK" in os.environ:
-        return os.environ["RANK"] == "0"
+    for variable in ("RANK", "SLURM_PROCID"):  # torchrun; srun (one task per process)
+        if variable in os.environ:
+            return os.environ[variable] == "0"
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
@@ -194,19 +197,26 @@ class RunLock:
 
     def __init__(self, run_dir: Path, run_name: str) -> None:
         self.run_dir, self.path = run_dir, run_dir / self.NAME
-        self.created_dir = not run_dir.exists()
+        # The folders this lock makes, removed again if the fit leaves them empty (it failed at once).
+        self.created = [folder for folder in (run_dir, run_dir.parent) if not folder.exists()]
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self.holder()
+        while True:
+            self.file = open(self.path, "a+")
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self.holder()
+                self.file.close()
+                raise UsageError(
+                    f"Run '{run_name}' is being trained by another process ({self.describe(holder)}): two fits of "
+                    f"one run would mix their checkpoints. Wait for it to finish, stop it, or train under another "
+                    f"--run_name."
+                ) from None
+            # The holder removes the file when it finishes: a lock taken on a file already removed (or replaced)
+            # is no lock; take the current file's.
+            if self.path.exists() and os.stat(self.path).st_ino == os.fstat(self.file.fileno()).st_ino:
+                break
             self.file.close()
-            raise UsageError(
-                f"Run '{run_name}' is being trained by another process ({self.describe(holder)}): two fits of one "
-                f"run would mix their checkpoints. Wait for it to finish, stop it, or train under another "
-                f"--run_name."
-            ) from None
         previous = self.holder()
         if previous.get("pid") and (previous.get("pid"), previous.get("host")) != (os.getpid(), socket.gethostname()):
             print(f"Taking over the lock of run '{run_name}' left by an ended process ({self.describe(previous)}).")
@@ -252,7 +262,6 @@ class RunLock:
         self.path.unlink(missing_ok=True)
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
-        if self.created_dir and not any(self.run_dir.iterdir()):
-            self.run_dir.rmdir()
-            if self.run_dir.parent.is_dir() and not any(self.run_dir.parent.iterdir()):
-                self.run_dir.parent.rmdir()  # checkpoints/ itself, when this fit made it and wrote nothing
+        for folder in self.created:  # the run folder first, then checkpoints/ if this fit made that too
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()

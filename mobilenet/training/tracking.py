@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from mobilenet.errors import UsageError
+from mobilenet.training.runs import is_launching_process
 
 # Key under which a checkpoint keeps its W&B run id, so that `fit --ckpt_path` continues the same run.
 RUN_ID_KEY = "wandb_run_id"
@@ -116,6 +117,10 @@ def server_unreachable(timeout: float = PROBE_SECONDS) -> str:
 
     Without this, wandb waits about 100 s for a server it cannot reach and then stops the run with a traceback.
     """
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return ""  # through a proxy: a direct connection says nothing; wandb uses the proxy
+    if not is_launching_process():
+        return ""  # the processes DDP starts log nothing themselves
     url = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     host, port = url.hostname or "api.wandb.ai", url.port or (443 if url.scheme == "https" else 80)
     outcome: list[str] = []

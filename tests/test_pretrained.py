@@ -1,0 +1,74 @@
+"""The trained model shipped in checkpoints/: it classifies real CIFAR-10 images as its model card says, and every
+way of reaching it (from_pretrained, torch.hub, the commands with no --ckpt_path) gives the same network."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from mobilenet import MobileNetV1
+from mobilenet.data.images import read_image
+from mobilenet.deploy.artifacts import load, pretrained_path
+from mobilenet.deploy.classifier import open_classifier
+
+MOBILENET = str(Path(sys.executable).parent / "mobilenet")
+# 20 images of the shared CIFAR-10 JPEG copy, two per class, from the validation split the model was not
+# trained on (file names: <class>_<number>.jpg).
+SAMPLE = REPO / "tests" / "assets" / "cifar10_sample"
+CARD = REPO / "docs" / "model_card.md"
+
+
+def sample() -> tuple[list[Path], list[str]]:
+    files = sorted(SAMPLE.glob("*.jpg"))
+    return files, [path.name.rsplit("_", 1)[0] for path in files]
+
+
+def stated_sample_accuracy() -> int:
+    """How many of the sample images the model card says the shipped model gets right."""
+    found = re.search(r"(\d+) of the 20 sample images", CARD.read_text())
+    assert found, "docs/model_card.md states how many of the 20 sample images the model classifies correctly"
+    return int(found.group(1))
+
+
+def test_the_shipped_model_classifies_the_sample_as_its_card_states():
+    artifact = load(pretrained_path("cifar10"))
+    assert artifact.kind == "safetensors" and pretrained_path("cifar10").stat().st_size < 8_000_000
+    files, truth = sample()
+    assert len(files) == 20 and len(set(truth)) == 10
+    classifier = open_classifier(artifact)
+    predicted = classifier.probabilities(torch.stack([read_image(path) for path in files])).argmax(dim=1)
+    right = sum(classifier.class_names[i] == label for i, label in zip(predicted.tolist(), truth, strict=True))
+    assert right == stated_sample_accuracy()
+
+
+def test_from_pretrained_and_torch_hub_give_the_shipped_network_ready_for_eval():
+    net = MobileNetV1.from_pretrained("cifar10")
+    assert not net.training and net.metadata.class_names[0] == "airplane" and net.metadata.resolution == 32
+    hub = torch.hub.load(str(REPO), "mobilenet_v1", source="local", pretrained=True, trust_repo=True)
+    batch = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(hub(batch), net(batch))
+    fresh = torch.hub.load(str(REPO), "mobilenet_v1", source="local", width_mult=0.5, trust_repo=True)
+    assert fresh.arguments["width_mult"] == 0.5 and fresh.training
+
+
+@pytest.mark.slow
+def test_the_commands_use_the_shipped_model_when_no_checkpoint_is_given(tmp_path):
+    files, truth = sample()
+    classified = subprocess.run([MOBILENET, "classify", str(SAMPLE), "--json"], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=300)  # fmt: skip
+    assert classified.returncode == 0, classified.stderr
+    assert "Using the shipped model" in classified.stderr and "mobilenet_v1_cifar10.safetensors" in classified.stderr
+    shipped = str(pretrained_path("cifar10"))
+    summary = subprocess.run([MOBILENET, "summary", "--ckpt_path", shipped], capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert summary.returncode == 0 and "α=1" in summary.stdout and "10 classes" in summary.stdout
+    output = str(tmp_path / "shipped.onnx")
+    export = [MOBILENET, "export", "--ckpt_path", shipped, "--format", "onnx", "--output", output]
+    exported = subprocess.run(export, capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    assert open_classifier(tmp_path / "shipped.onnx").class_names == load(shipped).metadata.class_names
