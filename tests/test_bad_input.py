@@ -394,6 +394,27 @@ def exported(fmt: str, command: str):
     return make
 
 
+def folder_option_without_its_datamodule(cifar10_dir, tmp):
+    return ["fit", *small_run_args(cifar10_dir), "--data.root", str(write_image_folder(tmp / "images"))]
+
+
+def image_folders_without_a_root(cifar10_dir, tmp):
+    return ["fit", "--data", "ImageFolderDataModule", "--run_name", "no_root"]
+
+
+def record_with_temperature_zero(cifar10_dir, tmp):
+    import json
+
+    from mobilenet.deploy.artifacts import load
+    from mobilenet.deploy.export import export
+
+    output = tmp / "model.pth"  # a state_dict export, whose record is the JSON file beside it
+    export(load("checkpoints/cifar10/last.ckpt"), "state_dict", output)
+    record = Path(f"{output}.json")
+    record.write_text(json.dumps({**json.loads(record.read_text()), "temperature": 0}))
+    return ["classify", str(image(tmp)), "--ckpt_path", str(output)]
+
+
 def image(tmp: Path) -> Path:
     path = tmp / "picture.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(path)
@@ -435,6 +456,7 @@ MATRIX = [
     ("renamed class folder", renamed_class_folder, ["new: kitten; missing: cat", "restore the folders"]),
     ("fit from exported weights", exported("safetensors", "fit"), ["holds a network's weights only (safetensors)"]),
     ("test an ONNX export", exported("onnx", "test"), ["is a onnx export: test runs the PyTorch network"]),
+    ("record with temperature 0", record_with_temperature_zero, ["'temperature' must be a positive number, got 0"]),
     # Options and configs
     ("unknown option", unknown_option, ["widht_mult"]),
     ("unknown config key", unknown_config_key, ["widht_mult"]),
@@ -443,6 +465,12 @@ MATRIX = [
     ("val_size too large", val_size_too_large, ["val_size=100 leaves no training images", "below 100"]),
     ("NaN in --data.std", nan_std, ["std must be three finite numbers"]),
     ("unknown --data class", unknown_data_class, ["choose CIFARDataModule or ImageFolderDataModule"]),
+    (
+        "folder option without its data",
+        folder_option_without_its_datamodule,
+        ["--data.root belong to image folders", "add --data ImageFolderDataModule"],
+    ),
+    ("image folders without a root", image_folders_without_a_root, ["needs --data.root DIR"]),
     ("run name that is a path", run_name_that_is_a_path, ["'../../escaped' is not a run name"]),
     ("huge resolution", huge_resolution, ["resolution must be between 1 and 1024 pixels, got 4096"]),
     ("width out of range", width_out_of_range, ["width_mult (α) must lie in (0, 2], got 3"]),

@@ -116,3 +116,13 @@ def test_expected_calibration_error_is_the_gap_between_confidence_and_accuracy()
     mixed = torch.tensor([0.95] * 10 + [0.55] * 10)
     correct = torch.tensor([True] * 10 + [True] * 2 + [False] * 8)
     assert expected_calibration_error(mixed, correct) == pytest.approx(0.025 + 0.175, abs=1e-6)
+
+
+def test_temperature_scaling_finds_the_temperature_that_made_the_labels():
+    from mobilenet.commands.report import fit_temperature
+
+    generator = torch.Generator().manual_seed(0)
+    true_logits = 3 * torch.randn(4000, 10, generator=generator)
+    labels = torch.multinomial(true_logits.softmax(dim=1), 1, generator=generator).squeeze(1)
+    # A model twice as confident as the truth: dividing its logits by about 2 calibrates it.
+    assert fit_temperature(2 * true_logits, labels) == pytest.approx(2.0, rel=0.1)

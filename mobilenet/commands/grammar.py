@@ -62,7 +62,17 @@ CKPT_HELP = (
 
 
 def check_data_choice(argv: list[str]) -> None:
-    """``--data NAME`` must name one of the DataModules (jsonargparse's own message does not list them)."""
+    """``--data NAME`` must name one of the DataModules (jsonargparse's own message does not list them), and an
+    image-folder option needs ``--data ImageFolderDataModule`` (CIFAR is the default and has no such option)."""
+    chosen = any(arg == "--data" or arg.startswith("--data=") for arg in argv)
+    folder_options = sorted(
+        {arg.split("=")[0] for arg in argv if arg.split("=")[0] in ("--data.root", "--data.cache_dir")}
+    )
+    if folder_options and not chosen:
+        raise UsageError(
+            f"{' and '.join(folder_options)} belong to image folders: add --data ImageFolderDataModule (CIFAR, the "
+            f"default data, has no such option)."
+        )
     for i, arg in enumerate(argv):
         following = argv[i + 1] if arg == "--data" and i + 1 < len(argv) else None
         value = arg.split("=", 1)[1] if arg.startswith("--data=") else following

@@ -107,6 +107,40 @@ def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, 
     return calibration_bins(confidence, correct, bins)[2]
 
 
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T that minimises the cross-entropy of softmax(logits / T) (Guo et al., 2017)."""
+    log_t = torch.zeros((), requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return float(log_t.detach().exp())
+
+
+def temperature_check(logits: torch.Tensor, labels: torch.Tensor) -> str:
+    """Temperature scaling measured without fitting and scoring on the same images: T is fitted on the images at
+    even positions, the calibration error compared on those at odd positions."""
+    if len(labels) < 20:
+        return "Temperature scaling: too few images to fit and check a temperature (20 or more needed)."
+    fit, held = slice(0, None, 2), slice(1, None, 2)
+    temperature = fit_temperature(logits[fit], labels[fit])
+
+    def ece(scale: float) -> float:
+        confidence, predictions = (logits[held] / scale).softmax(dim=1).max(dim=1)
+        return expected_calibration_error(confidence, predictions == labels[held])
+
+    return (
+        f"Temperature scaling: T = {temperature:.3f} fitted on {len(labels[fit])} of the images; on the other "
+        f"{len(labels[held])}, expected calibration error {ece(1.0):.2%} at T = 1 and {ece(temperature):.2%} at "
+        f"T = {temperature:.3f}."
+    )
+
+
 def write_split_results(
     classifier: Classifier,
     images: torch.Tensor,
@@ -115,9 +149,11 @@ def write_split_results(
     num_images: int,
     title: str,
     split: str,
-) -> tuple[list[Path], float, float]:
-    """The split's figures and tables; returns (files written, accuracy, expected calibration error)."""
-    probabilities = classifier.probabilities(images, progress=True)
+) -> tuple[list[Path], float, float, str]:
+    """The split's figures and tables; returns (files written, accuracy, expected calibration error, a line on
+    temperature scaling)."""
+    logits = classifier.logits(images, progress=True)
+    probabilities = (logits / classifier.metadata.temperature).softmax(dim=1)
     confidence, predictions = probabilities.max(dim=1)
     names = classifier.class_names
     matrix = confusion(labels, predictions, len(names))
@@ -144,7 +180,7 @@ def write_split_results(
         per_class_path,
         plots.save(grid, out / f"{split}_predictions.png"),
     ]
-    return written, accuracy, ece
+    return written, accuracy, ece, temperature_check(logits, labels)
 
 
 def main(argv: list[str]) -> int:
@@ -172,15 +208,16 @@ def main(argv: list[str]) -> int:
         print(f"No training metrics of run '{source.run_name}' in {logs}: no curves drawn.")
     classifier = open_classifier(source.checkpoint, device=config.device)
     images, labels = split_images(config.data, config.split)
-    files, accuracy, ece = write_split_results(
+    files, accuracy, ece, calibration_note = write_split_results(
         classifier, images, labels, out, config.num_images, source.run_name, config.split
     )
     written += files
     name = {"test": "Test", "val": "Validation"}[config.split]
     print(
         f"{name} accuracy of {source.checkpoint}: {accuracy:.2%} on {len(labels)} images; expected calibration "
-        f"error {ece:.2%} ({CALIBRATION_BINS} bins)."
+        f"error {ece:.2%} ({CALIBRATION_BINS} bins, temperature {source.artifact.metadata.temperature:g})."
     )
+    print(calibration_note)
     for path in written:
         print(f"Wrote {path}")
     return 0

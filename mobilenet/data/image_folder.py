@@ -29,8 +29,12 @@ class ImageFolderDataModule(BatchedDataModule):
             reused while the folder's files (names, sizes, modification times) are unchanged.
     """
 
-    def __init__(self, root: str, cache_dir: Optional[str] = None, **kwargs) -> None:
+    def __init__(self, root: Optional[str] = None, cache_dir: Optional[str] = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        if root is None:  # optional here so that a checkpoint's record can fill it in (commands/grammar.py)
+            raise UsageError(
+                "--data ImageFolderDataModule needs --data.root DIR: the folder with train/<class name>/ images."
+            )
         self.save_hyperparameters()
         self.root = Path(root)
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / CACHE_FOLDER

@@ -9,6 +9,7 @@ one ``Metadata`` record, the same for every kind of file:
     data         the DataModule it was trained on, as a config gives it ({"class_path", "init_args"})
     run          the run it comes from: name, epoch, step, metrics, resolved config
     export       for exports: format, dtype, whether BatchNorm was folded
+    temperature  the softmax temperature that calibrates the probabilities (1: none)
 
 Files understood:
     .ckpt          a Lightning checkpoint of ``mobilenet fit`` or ``mobilenet import-tutorial``; the record
@@ -82,6 +83,7 @@ class Metadata:
     data: Optional[dict[str, Any]] = None
     run: Optional[dict[str, Any]] = None
     export: Optional[dict[str, Any]] = None  # how an export was written: format, dtype, BatchNorm folded
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature) (calibration, see report)
     schema: int = SCHEMA_VERSION
 
     @property
@@ -144,6 +146,9 @@ class Metadata:
                 raise bad(f"'{key}' must be a dict")
         if not isinstance((record.get("run") or {}).get("name") or "", str):
             raise bad("'run.name' must be a string")
+        temperature = record.get("temperature", 1.0)
+        if not finite(temperature) or temperature <= 0:
+            raise bad(f"'temperature' must be a positive number, got {temperature!r}")
         schema = record.get("schema", SCHEMA_VERSION)
         if not isinstance(schema, int) or schema > SCHEMA_VERSION:
             raise bad(f"record format {schema!r}, newer than this version of mobilenet reads ({SCHEMA_VERSION})")
@@ -158,6 +163,7 @@ class Metadata:
             data=data,
             run=record.get("run"),
             export=record.get("export"),
+            temperature=float(temperature),
             schema=record.get("schema", SCHEMA_VERSION),
         )
 

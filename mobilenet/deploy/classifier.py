@@ -61,7 +61,8 @@ class Classifier:
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.class_names))
 
     def probabilities(self, images: Union[torch.Tensor, np.ndarray], progress: bool = False) -> torch.Tensor:
-        return self.logits(images, progress).softmax(dim=1)
+        """Class probabilities, softmax(logits / temperature) with the model's calibrated temperature."""
+        return (self.logits(images, progress) / self.metadata.temperature).softmax(dim=1)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Normalised float32 (N, 3, R, R) → logits (N, classes) as a CPU float32 tensor."""
