@@ -1,7 +1,7 @@
 """Validation-accuracy curves of several runs in one PNG (the picture in docs/results.md).
 
     python docs/plot_val_acc.py --out docs/recipes_val_acc.png \
-        "tuned=logs/fast_10ep/version_0" "reference=logs/ref_10ep/version_0"
+        "tuned=logs/fast_10ep" "reference=logs/ref_10ep"
 """
 
 import argparse
@@ -15,15 +15,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def val_acc_by_epoch(log_dir: Path) -> tuple[list[int], list[float]]:
-    """(epochs counted from 1, val/acc) from a CSV logger's metrics.csv."""
-    with open(log_dir / "metrics.csv") as file:
-        rows = [row for row in csv.DictReader(file) if row.get("val/acc")]
-    return [int(row["epoch"]) + 1 for row in rows], [100 * float(row["val/acc"]) for row in rows]
+    """(epochs counted from 1, val/acc) from a CSV logger's metrics.csv, or from every version_N/metrics.csv of a
+    run folder (a resumed run writes a new version; a later version's row for an epoch wins)."""
+    files = (
+        [log_dir / "metrics.csv"]
+        if (log_dir / "metrics.csv").is_file()
+        else sorted(log_dir.glob("version_*/metrics.csv"), key=lambda path: int(path.parent.name.split("_")[1]))
+    )
+    by_epoch: dict[int, float] = {}
+    for path in files:
+        with open(path) as file:
+            by_epoch.update({int(row["epoch"]) + 1: 100 * float(row["val/acc"]) for row in csv.DictReader(file)
+                             if row.get("val/acc")})  # fmt: skip
+    epochs = sorted(by_epoch)
+    return epochs, [by_epoch[epoch] for epoch in epochs]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="LABEL=LOG_DIR (a logs/<run>/version_<n> folder)")
+    parser.add_argument("runs", nargs="+", help="LABEL=LOG_DIR: a logs/<run> folder, or one of its version_<n>")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="MobileNetV1 (α = 1) on the CIFAR-10 JPEG images: validation accuracy")
     parser.add_argument("--target", type=float, help="a dashed line at this accuracy (%%), e.g. a goal")
@@ -33,7 +43,7 @@ def main() -> None:
     for run in args.runs:
         label, _, folder = run.partition("=")
         epochs, accuracy = val_acc_by_epoch(Path(folder))
-        axes.plot(epochs, accuracy, marker="o", label=f"{label} (best {max(accuracy):.1f}%)")
+        axes.plot(epochs, accuracy, marker="o", label=f"{label}: {accuracy[-1]:.1f}%")
     if args.target:
         axes.axhline(args.target, color="grey", linestyle="--", linewidth=1, label=f"{args.target:g}% target")
     axes.set(xlabel="epoch", ylabel=f"validation accuracy (%), {args.val_images:,} images", title=args.title)

@@ -455,7 +455,7 @@ MATRIX = [
     ("best of a run never trained", best_of_a_run_that_does_not_exist, ["no checkpoint in 'checkpoints/no_such_run'"]),
     ("renamed class folder", renamed_class_folder, ["new: kitten; missing: cat", "restore the folders"]),
     ("fit from exported weights", exported("safetensors", "fit"), ["holds a network's weights only (safetensors)"]),
-    ("test an ONNX export", exported("onnx", "test"), ["is a onnx export: test runs the PyTorch network"]),
+    ("test an ONNX export", exported("onnx", "test"), ["is an ONNX export: test runs the PyTorch network"]),
     ("record with temperature 0", record_with_temperature_zero, ["'temperature' must be a positive number, got 0"]),
     # Options and configs
     ("unknown option", unknown_option, ["widht_mult"]),
@@ -468,7 +468,7 @@ MATRIX = [
     (
         "folder option without its data",
         folder_option_without_its_datamodule,
-        ["--data.root belong to image folders", "add --data ImageFolderDataModule"],
+        ["--data.root belongs to image folders", "add --data ImageFolderDataModule"],
     ),
     ("image folders without a root", image_folders_without_a_root, ["needs --data.root DIR"]),
     ("run name that is a path", run_name_that_is_a_path, ["'../../escaped' is not a run name"]),

@@ -67,6 +67,14 @@ def test_wrong_and_missing_keys_are_listed():
     assert "unexpected 1: fc.weight" in message
 
 
+def test_a_wholly_different_state_dict_gets_a_short_message():
+    with pytest.raises(UsageError) as error:
+        convert_state_dict({"fc.weight": torch.zeros(10, 1024)})  # none of the tutorial's 137 tensors
+    message = str(error.value)
+    assert "missing 137: bn1.bias, bn1.running_mean" in message and "(131 more)" in message
+    assert len(message) < 500
+
+
 def test_wrongly_shaped_tensors_are_listed():
     state = tutorial_net().state_dict()
     state["layers.5.depthConv.0.weight"] = torch.zeros(100, 1, 3, 3)

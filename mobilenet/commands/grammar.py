@@ -69,8 +69,9 @@ def check_data_choice(argv: list[str]) -> None:
         {arg.split("=")[0] for arg in argv if arg.split("=")[0] in ("--data.root", "--data.cache_dir")}
     )
     if folder_options and not chosen:
+        verb = "belong" if len(folder_options) > 1 else "belongs"
         raise UsageError(
-            f"{' and '.join(folder_options)} belong to image folders: add --data ImageFolderDataModule (CIFAR, the "
+            f"{' and '.join(folder_options)} {verb} to image folders: add --data ImageFolderDataModule (CIFAR, the "
             f"default data, has no such option)."
         )
     for i, arg in enumerate(argv):

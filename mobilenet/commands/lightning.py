@@ -63,6 +63,7 @@ TRAINER_DEFAULTS = {
     },
 }
 COMMANDS = ("fit", "validate", "test", "predict")
+EXPORT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}
 
 
 def auto_precision(accelerator: object) -> str:
@@ -223,8 +224,9 @@ def check_trainer_source(settled: Settled, command: str) -> Optional[Artifact]:
         )
     if artifact.kind in ("onnx", "torchscript"):
         raise UsageError(
-            f"'{artifact.path}' is a {artifact.kind} export: {command} runs the PyTorch network. Pass the checkpoint "
-            f"it was exported from, or use `mobilenet classify` or `mobilenet report`, which run exports as well."
+            f"'{artifact.path}' is {EXPORT_NAMES[artifact.kind]} export: {command} runs the PyTorch network. "
+            f"Pass the checkpoint it was exported from, or use `mobilenet classify` or `mobilenet report`, "
+            f"which run exports as well."
         )
     return load(artifact.path)
 

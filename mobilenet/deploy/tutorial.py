@@ -58,6 +58,12 @@ def unwrap(loaded: object, path: str) -> dict[str, torch.Tensor]:
     return {re.sub(r"^module\.", "", key): value for key, value in loaded.items()}
 
 
+def first_few(keys: list[str], shown: int = 6) -> str:
+    """The first keys of a list, and how many more, so that a wrong file gets a short message."""
+    more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
 def convert_state_dict(theirs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
     """Our ``MobileNetV1`` state_dict and constructor arguments for the tutorial's state_dict.
 
@@ -70,9 +76,9 @@ def convert_state_dict(theirs: dict[str, torch.Tensor]) -> tuple[dict[str, torch
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)}: {', '.join(missing)}")
+            parts.append(f"missing {len(missing)}: {first_few(missing)}")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected)}")
+            parts.append(f"unexpected {len(unexpected)}: {first_few(unexpected)}")
         raise UsageError(
             "The file is not a state_dict of the tutorial's MobileNet (keys conv1.weight, bn1.*, "
             "layers.{0..12}.depthConv/pointConv.{0,1}.*, linear.*); " + "; ".join(parts) + "."
