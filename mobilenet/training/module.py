@@ -112,7 +112,7 @@ class MobileNetClassifier(LightningModule):
         self.val_acc_best.persistent(True)
         # The running sums of the training epoch: plain tensors, not buffers (DDP would overwrite every rank's
         # with rank 0's). A checkpoint saved mid-epoch carries them (on_save_checkpoint); ``resumed`` holds them
-        # until the resumed epoch starts.
+        # until training starts again (on_train_start).
         self.epoch_loss_sum = torch.zeros(())
         self.epoch_images = torch.zeros(())
         self.resumed: Optional[dict[str, torch.Tensor]] = None
@@ -177,6 +177,10 @@ class MobileNetClassifier(LightningModule):
             return
         self.log("train/loss", self.epoch_loss_sum / self.epoch_images, sync_dist=True)
         self.log_dict(self.train_metrics)  # Lightning computes (across ranks) and resets them
+        self.epoch_loss_sum, self.epoch_images = (
+            torch.zeros_like(self.epoch_loss_sum),
+            torch.zeros_like(self.epoch_images),
+        )
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.evaluation_step(batch, "val")
@@ -291,13 +295,18 @@ class MobileNetClassifier(LightningModule):
                     f"another number of classes or another width; pick a checkpoint of this run."
                 )
 
-    def on_train_epoch_start(self) -> None:
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
+    def on_train_start(self) -> None:
+        # The sums start at zero, or, resuming in the middle of an epoch, at the checkpoint's. Lightning does not
+        # call on_train_epoch_start for an epoch it resumes in the middle, so this is the place; on_train_epoch_end
+        # sets them back to zero for the next epoch.
         sums = self.resumed or {"epoch_loss_sum": torch.zeros(()), "epoch_images": torch.zeros(())}
         self.epoch_loss_sum, self.epoch_images = (
             sums[key].to(self.device) for key in ("epoch_loss_sum", "epoch_images")
         )
         self.resumed = None
+
+    def on_train_epoch_start(self) -> None:
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self):
         exempt = self.no_weight_decay
