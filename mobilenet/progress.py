@@ -2,7 +2,7 @@
 
 A bar redraws itself with carriage returns, which leave a log file full of partial lines; when the stream is
 not a terminal, ``progress`` writes one line when the work is done instead (``Decoding train: 93/93 images in
-0.4 s``; the ``unit`` is given in the plural).
+0.4 s``; the ``unit`` is given in the plural, and made singular for one).
 """
 
 import sys
@@ -10,6 +10,8 @@ import time
 from typing import Iterable, Optional, TextIO
 
 from tqdm import tqdm
+
+SINGULAR = {"batches": "batch", "images": "image", "files": "file"}
 
 
 class LineProgress:
@@ -19,6 +21,8 @@ class LineProgress:
         self, iterable: Optional[Iterable] = None, *, file: TextIO, total: Optional[float] = None, desc: str = "",
         unit: str = "it", **_,
     ) -> None:  # fmt: skip
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)
         self.iterable, self.stream, self.total, self.desc, self.unit = iterable, file, total, desc, unit
         self.started, self.count, self.reported = time.perf_counter(), 0, False
 
@@ -35,7 +39,9 @@ class LineProgress:
         if not self.reported and self.count:
             total = f"/{self.total:g}" if self.total else ""
             seconds = time.perf_counter() - self.started
-            print(f"{self.desc}: {self.count:g}{total} {self.unit} in {seconds:.1f} s", file=self.stream, flush=True)
+            one = max(self.count, self.total or 0) == 1
+            unit = SINGULAR.get(self.unit, self.unit) if one else self.unit  # "1/1 batch", "2/2 batches"
+            print(f"{self.desc}: {self.count:g}{total} {unit} in {seconds:.1f} s", file=self.stream, flush=True)
             self.reported = True
 
 

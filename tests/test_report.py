@@ -126,3 +126,5 @@ def test_temperature_scaling_finds_the_temperature_that_made_the_labels():
     labels = torch.multinomial(true_logits.softmax(dim=1), 1, generator=generator).squeeze(1)
     # A model twice as confident as the truth: dividing its logits by about 2 calibrates it.
     assert fit_temperature(2 * true_logits, labels) == pytest.approx(2.0, rel=0.1)
+    # A barely trained one, twenty times too unsure: its loss is nearly flat in T, and T is still found.
+    assert fit_temperature(true_logits / 20, labels) == pytest.approx(1 / 20, rel=0.1)
