@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--target", type=float, help="a dashed line at this accuracy (%%), e.g. a goal")
     parser.add_argument("--val_images", type=int, default=5000, help="size of the validation split, for the axis")
     args = parser.parse_args()
-    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
+    many = len(args.runs) > 4  # then the legend goes beside the axes, where it hides no curve
+    figure, axes = plt.subplots(figsize=(9.5 if many else 7, 4.6 if many else 4.2), dpi=110)
     for run in args.runs:
         label, _, folder = run.partition("=")
         epochs, accuracy = val_acc_by_epoch(Path(folder))
@@ -48,7 +49,10 @@ def main() -> None:
         axes.axhline(args.target, color="grey", linestyle="--", linewidth=1, label=f"{args.target:g}% target")
     axes.set(xlabel="epoch", ylabel=f"validation accuracy (%), {args.val_images:,} images", title=args.title)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right")
+    if many:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    else:
+        axes.legend(loc="lower right")
     figure.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.out)
