@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from mobilenet import MobileNetV1
 from mobilenet.commands.summary import count_costs
-from mobilenet.deploy.export import torchscript_deprecation_silenced
+from mobilenet.deploy.artifacts import torchscript_deprecation_silenced
 from mobilenet.deploy.folding import fold_batchnorm
 
 RUNTIMES = ("eager", "channels_last", "bn_folded", "compiled", "torchscript", "onnxruntime")

@@ -18,6 +18,13 @@ from mobilenet.errors import UsageError
 PARTIAL_MARK = ".partial-"
 
 
+def shown(path: str | Path) -> str:
+    """A path as the user would write it: relative to the working folder when it lies inside it (Lightning
+    and the run folders make paths absolute)."""
+    path = Path(path)
+    return os.path.relpath(path) if path.is_absolute() and path.is_relative_to(Path.cwd()) else str(path)
+
+
 def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{PARTIAL_MARK}{os.getpid()}")
 

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from mobilenet.commands.grammar import command_parser, parse, settle_model
 from mobilenet.data.images import find_images, fit_to, read_image
+from mobilenet.deploy.artifacts import with_network
 from mobilenet.deploy.classifier import BACKENDS, open_classifier
 from mobilenet.errors import UsageError
 from mobilenet.files import check_writable
@@ -67,7 +68,7 @@ def as_text(path: Path, top: list[dict]) -> str:
 def main(argv: list[str]) -> int:
     args, given = parse_arguments(argv)
     source = settle_model(args, "classify", given)
-    classifier = open_classifier(source.checkpoint, args.backend, args.device)
+    classifier = open_classifier(with_network(source.artifact), args.backend, args.device)
     class_names, resolution = classifier.class_names, classifier.resolution
     files = find_images(args.images)
     results: list[dict] = []

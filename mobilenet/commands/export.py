@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 from mobilenet.commands.grammar import command_parser, parse, settle_model
-from mobilenet.deploy.artifacts import load
+from mobilenet.deploy.artifacts import with_network
 from mobilenet.deploy.export import FORMATS, export
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     source = settle_model(config, "export", given)
     output = Path(config.output) if config.output else source.checkpoint.with_suffix(FORMATS[config.format])
     lines = export(
-        load(source.checkpoint), config.format, output, fold=not config.no_fold, half=config.half,
+        with_network(source.artifact), config.format, output, fold=not config.no_fold, half=config.half,
         overwrite=config.overwrite,
     )  # fmt: skip
     for line in lines:

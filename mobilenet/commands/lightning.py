@@ -26,7 +26,7 @@ from mobilenet.commands.grammar import (
     settle,
 )
 from mobilenet.data.base import BatchedDataModule
-from mobilenet.deploy.artifacts import Artifact, first_line, load
+from mobilenet.deploy.artifacts import Artifact, first_line, with_network
 from mobilenet.errors import UsageError
 from mobilenet.files import check_writable
 from mobilenet.training.callbacks import (
@@ -62,7 +62,6 @@ TRAINER_DEFAULTS = {
         "init_args": {"save_dir": str(LOG_ROOT), "name": None},
     },
 }
-COMMANDS = ("fit", "validate", "test", "predict")
 EXPORT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}
 
 
@@ -212,23 +211,15 @@ def check_trainer_source(settled: Settled, command: str) -> Optional[Artifact]:
     state_dict), returned loaded so that they go into the network directly. ONNX and TorchScript files hold graphs
     for other runtimes, and ``fit`` resumes training state, which only a training checkpoint has."""
     artifact = settled.artifact
-    if artifact is None or (
-        artifact.kind == "checkpoint" and (command != "fit" or "optimizer_states" in artifact.checkpoint)
-    ):
+    if artifact is None or artifact.kind == "checkpoint":  # fit's weights-only files are refused by settle
         return None
-    if command == "fit":
-        raise UsageError(
-            f"'{artifact.path}' holds a network's weights only ({artifact.kind}): fit resumes a training checkpoint "
-            f"(last.ckpt or the best checkpoint of a run), which also holds the optimiser's and the loop's state. "
-            f"Evaluate these weights with validate, test or predict, or start a new run without --ckpt_path."
-        )
     if artifact.kind in ("onnx", "torchscript"):
         raise UsageError(
             f"'{artifact.path}' is {EXPORT_NAMES[artifact.kind]} export: {command} runs the PyTorch network. "
             f"Pass the checkpoint it was exported from, or use `mobilenet classify` or `mobilenet report`, "
             f"which run exports as well."
         )
-    return load(artifact.path)
+    return with_network(artifact)
 
 
 def stop_if_finished(config, settled: Settled) -> None:

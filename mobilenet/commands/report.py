@@ -19,6 +19,7 @@ import torch
 
 from mobilenet import plots
 from mobilenet.commands.grammar import command_parser, import_class, parse, settle_model
+from mobilenet.deploy.artifacts import with_network
 from mobilenet.deploy.classifier import Classifier, open_classifier
 from mobilenet.errors import UsageError
 from mobilenet.files import check_writable, write_csv
@@ -218,7 +219,7 @@ def main(argv: list[str]) -> int:
         written += write_curves(table, out, f"{source.run_name}: training curves")
     else:
         print(f"No training metrics of run '{source.run_name}' in {logs}: no curves drawn.")
-    classifier = open_classifier(source.checkpoint, device=config.device)
+    classifier = open_classifier(with_network(source.artifact), device=config.device)
     images, labels = split_images(config.data, config.split)
     files, accuracy, ece, calibration_note = write_split_results(
         classifier, images, labels, out, config.num_images, source.run_name, config.split

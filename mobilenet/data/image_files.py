@@ -17,12 +17,11 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from mobilenet.data.images import fit_to, to_rgb, upright
+from mobilenet.data.images import EXTENSIONS, fit_to, to_rgb, upright
 from mobilenet.errors import UsageError
 from mobilenet.files import atomic_write
 from mobilenet.progress import progress
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Bump when the decoded pixels would change for the same files (resampling, colour handling, orientation).
 CACHE_FORMAT = 2
 
@@ -39,7 +38,7 @@ def list_images(split_dir: Path, class_names: list[str]) -> tuple[list[Path], li
         folder = split_dir / name
         if not folder.is_dir():
             continue
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
         files += found
         labels += [label] * len(found)
     return files, labels
@@ -114,7 +113,7 @@ def read_image_split(
     files, labels = list_images(split_dir, class_names)
     if not files:
         raise UsageError(
-            f"'{split_dir}' has no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders. Put each class's "
+            f"'{split_dir}' has no images ({', '.join(EXTENSIONS)}) in its class folders. Put each class's "
             f"images in {split_dir}/<class name>/."
         )
     key = content_key(split_dir, files, resolution)

@@ -97,12 +97,13 @@ class ResumableLoader(DataLoader):
         return {"epoch": self.sampler.epoch, "consumed": self.sampler.consumed, **self.layout()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        saved = {key: state[key] for key in self.layout() if key in state}
-        if saved != {key: value for key, value in self.layout().items() if key in saved}:
+        now = self.layout()
+        saved = {key: state[key] for key in now if key in state}
+        if any(saved[key] != now[key] for key in saved):
             raise UsageError(
                 f"The checkpoint stopped in the middle of an epoch whose batches were laid out differently "
                 f"({', '.join(f'{key} {value}' for key, value in saved.items())}; now "
-                f"{', '.join(f'{key} {value}' for key, value in self.layout().items() if key in saved)}): resuming "
+                f"{', '.join(f'{key} {now[key]}' for key in saved)}): resuming "
                 f"would skip or repeat images. Resume with the same --data.batch_size, --data.seed, data and number "
                 f"of processes."
             )

@@ -25,11 +25,13 @@ only as safe as their source. The record is checked (types, ranges, known keys) 
 no class named in a file is imported.
 """
 
+import contextlib
 import json
 import math
 import pickle
+import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -226,7 +228,8 @@ def torch_load(path: Path, mmap: bool = False) -> Any:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """A Lightning checkpoint's contents as plain data: the one place a ``.ckpt`` is opened.
+    """A Lightning checkpoint's contents as plain data, for code that needs the file as a checkpoint only
+    (``load`` reads a ``.ckpt`` itself, since the same file may be a state_dict export instead).
 
     The tensors are memory-mapped: only what is read comes off the disk.
     """
@@ -393,6 +396,17 @@ def load(path: str | Path, with_network: bool = True) -> Artifact:
     )
 
 
+def with_network(artifact: Artifact) -> Artifact:
+    """``artifact`` with what runs it (the network, or the ONNX Runtime session): a checkpoint read with
+    ``with_network=False`` is built from the contents already in memory, any other file is read again."""
+    if artifact.network is not None or artifact.session is not None:
+        return artifact
+    if artifact.kind == "checkpoint":
+        weights = network_weights(artifact.checkpoint["state_dict"])
+        return replace(artifact, network=build_network(artifact.metadata, weights, str(artifact.path)))
+    return load(artifact.path)
+
+
 def load_safetensors(path: Path, with_network: bool) -> Artifact:
     from safetensors import SafetensorError, safe_open
 
@@ -409,9 +423,16 @@ def load_safetensors(path: Path, with_network: bool) -> Artifact:
     return Artifact(path, "safetensors", metadata, network=network)
 
 
-def load_torchscript(path: Path, with_network: bool) -> Artifact:
-    from mobilenet.deploy.export import torchscript_deprecation_silenced
+@contextlib.contextmanager
+def torchscript_deprecation_silenced():
+    """torch 2.14 marks ``torch.jit`` deprecated in favour of ``torch.export``, warning at every call; TorchScript
+    is still what libtorch (C++) and PyTorch Mobile consumers load, which is why this project writes it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        yield
 
+
+def load_torchscript(path: Path, with_network: bool) -> Artifact:
     extra = {TORCHSCRIPT_METADATA: ""}
     try:
         with torchscript_deprecation_silenced():

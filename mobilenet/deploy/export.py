@@ -13,12 +13,11 @@ inputs (largest absolute logit difference printed), and only then renamed into p
 replaces a good earlier file.
 """
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
-import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +31,7 @@ from mobilenet.deploy.artifacts import (
     load,
     require,
     sidecar_path,
+    torchscript_deprecation_silenced,
 )
 from mobilenet.deploy.folding import fold_batchnorm
 from mobilenet.errors import UsageError
@@ -44,15 +44,6 @@ PARITY_LIMIT_HALF = 0.1
 PARITY_BATCHES = (1, 8)  # two batch sizes, so that the dynamic batch axis is exercised
 ONNX_OPSET = 18
 INPUT = "float32 images (N, 3, resolution, resolution), RGB scaled to [0, 1], then (x - mean) / std per channel"
-
-
-@contextlib.contextmanager
-def torchscript_deprecation_silenced():
-    """torch 2.14 marks ``torch.jit`` deprecated in favour of ``torch.export``, warning at every call; TorchScript
-    is still what libtorch (C++) and PyTorch Mobile consumers load, which is why this project writes it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
-        yield
 
 
 def random_batches(resolution: int, seed: int = 0) -> list[torch.Tensor]:
@@ -138,19 +129,14 @@ def export(
             f"'{source.path}' is an export ({source.kind}); export from the checkpoint or weights it was made from."
         )
     folded = fold and fmt in ("onnx", "torchscript")
-    metadata = Metadata.from_dict(
-        {
-            **source.metadata.to_dict(),
-            "export": {
-                "format": fmt,
-                "batchnorm_folded": folded,
-                "dtype": "float16" if half else "float32",
-                "input": INPUT,
-                "source": source.path.name,
-            },
-        },
-        str(source.path),
-    )
+    export_record = {
+        "format": fmt,
+        "batchnorm_folded": folded,
+        "dtype": "float16" if half else "float32",
+        "input": INPUT,
+        "source": source.path.name,
+    }
+    metadata = replace(source.metadata, export=export_record)  # the source's record, checked when it was read
     report = []
     exported = fold_batchnorm(net) if folded else net
     if folded:

@@ -2,7 +2,6 @@
 predictions CSV, progress as plain lines where output goes to a file, and a model summary without empty rows."""
 
 import math
-import os
 import signal
 import sys
 import threading
@@ -16,18 +15,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, M
 from lightning.pytorch.utilities import rank_zero_info
 
 from mobilenet.errors import UsageError
-from mobilenet.files import write_csv
+from mobilenet.files import shown, write_csv
+from mobilenet.training.runs import checkpoint_files
 
 
 def saved_checkpoints(trainer: Trainer) -> list[str]:
     callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
     folders = {Path(cb.dirpath) for cb in callbacks}
-    # Shown relative to the working folder when inside it: the way the user named the run folder.
-    return sorted(
-        os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
-        for folder in folders
-        for path in folder.glob("*.ckpt")
-    )
+    return sorted(shown(path) for folder in folders for path in checkpoint_files(folder))
 
 
 class StopOnNonFiniteLoss(Callback):
@@ -186,6 +181,10 @@ class PlainProgressBar(ProgressBar):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.epoch_start, self.images = time.perf_counter(), 0
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # An epoch resumed in the middle gets no on_train_epoch_start from Lightning: its images/s counts from here.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         self.images += len(batch[1])
         total = self.total_train_batches
@@ -227,7 +226,7 @@ class CompactModelSummary(ModelSummary):
         **summarize_kwargs: Any,
     ) -> None:
         columns = dict(summary_data)
-        keep = [i for i, count in enumerate(columns.get("Params", [])) if count.strip() not in ("0", "0 ")]
+        keep = [i for i, count in enumerate(columns.get("Params", [])) if count.strip() != "0"]
         summary_data = [(name, [values[i] for i in keep]) for name, values in summary_data]
         ModelSummary.summarize(
             summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops
@@ -291,22 +290,18 @@ class Preemption(Callback):
             where = (
                 f"in epoch {trainer.current_epoch + 1} after batch {batch_idx + 1} of {trainer.num_training_batches}"
             )
-            self.stop(trainer, f"{where} (step {trainer.global_step}); saved {self.shown_path()}")
+            self.stop(trainer, f"{where} (step {trainer.global_step}); saved {shown(self.last_path)}")
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A signal during an epoch's last batch or its validation: that epoch ended as usual and its last.ckpt
         # is written; stop before the next one begins.
         if trainer.current_epoch > 0 and self.requested(trainer):
             self.stop(trainer, f"after epoch {trainer.current_epoch} (step {trainer.global_step}), whose checkpoint "
-                               f"{self.shown_path()} holds it")  # fmt: skip
+                               f"{shown(self.last_path)} holds it")  # fmt: skip
 
     def requested(self, trainer: Trainer) -> bool:
         stop = self.received is not None
         return trainer.strategy.reduce_boolean_decision(stop, all=False) if trainer.world_size > 1 else stop
-
-    def shown_path(self) -> str:
-        path = self.last_path
-        return os.path.relpath(path) if path.is_absolute() and path.is_relative_to(Path.cwd()) else str(path)
 
     def stop(self, trainer: Trainer, where: str) -> None:
         signum = self.received or signal.SIGTERM

@@ -110,11 +110,11 @@ class MobileNetClassifier(LightningModule):
         # so far survive a resume in the middle of an epoch.
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
-        # The running sums of the training epoch: plain tensors, not buffers (DDP would overwrite every rank's
-        # with rank 0's). A checkpoint saved mid-epoch carries them (on_save_checkpoint); ``resumed`` holds them
-        # until training starts again (on_train_start).
+        # The running sums of the training epoch: a plain tensor and an int, not buffers (DDP would overwrite
+        # every rank's with rank 0's). A checkpoint saved mid-epoch carries them (on_save_checkpoint);
+        # ``resumed`` holds them until training starts again (on_train_start).
         self.epoch_loss_sum = torch.zeros(())
-        self.epoch_images = torch.zeros(())
+        self.epoch_images = 0
         self.resumed: Optional[dict[str, torch.Tensor]] = None
         # The run this module trains in, recorded in its checkpoints; the CLI fills it in.
         self.run_record: dict = {}
@@ -163,11 +163,11 @@ class MobileNetClassifier(LightningModule):
         # log_every_n_steps steps.
         self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         self.epoch_loss_sum += loss.detach() * len(batch[1])
-        self.epoch_images += len(batch[1])
+        self.epoch_images += len(batch[1])  # a Python int: no device work per step
         # Lightning reads every progress-bar value back to the host after every step. A host copy costs
         # nothing on the CPU; on a GPU it would make the host wait each step, so the bar is refreshed every
         # log_every_n_steps steps, when the loggers read the device anyway.
-        if self.device.type == "cpu" or batch_idx % self.trainer.log_every_n_steps == 0:
+        if self.device.type == "cpu" or batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
             self.log("loss", loss.detach().cpu(), on_step=True, on_epoch=False, prog_bar=True, logger=False)
         return loss
 
@@ -177,10 +177,7 @@ class MobileNetClassifier(LightningModule):
             return
         self.log("train/loss", self.epoch_loss_sum / self.epoch_images, sync_dist=True)
         self.log_dict(self.train_metrics)  # Lightning computes (across ranks) and resets them
-        self.epoch_loss_sum, self.epoch_images = (
-            torch.zeros_like(self.epoch_loss_sum),
-            torch.zeros_like(self.epoch_images),
-        )
+        self.epoch_loss_sum, self.epoch_images = torch.zeros_like(self.epoch_loss_sum), 0
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.evaluation_step(batch, "val")
@@ -228,7 +225,7 @@ class MobileNetClassifier(LightningModule):
         logged, and a resume begins the next epoch.
         """
         checkpoint[METADATA_KEY] = self.metadata().to_dict()
-        sums = {"epoch_loss_sum": self.epoch_loss_sum.clone(), "epoch_images": self.epoch_images.clone()}
+        sums = {"epoch_loss_sum": self.epoch_loss_sum.clone(), "epoch_images": torch.tensor(float(self.epoch_images))}
         # Under DDP each rank has its own sums and only rank 0's would be saved: the resumed epoch's figures then
         # count the batches after the resume only.
         if self._trainer is not None and (
@@ -300,9 +297,7 @@ class MobileNetClassifier(LightningModule):
         # call on_train_epoch_start for an epoch it resumes in the middle, so this is the place; on_train_epoch_end
         # sets them back to zero for the next epoch.
         sums = self.resumed or {"epoch_loss_sum": torch.zeros(()), "epoch_images": torch.zeros(())}
-        self.epoch_loss_sum, self.epoch_images = (
-            sums[key].to(self.device) for key in ("epoch_loss_sum", "epoch_images")
-        )
+        self.epoch_loss_sum, self.epoch_images = sums["epoch_loss_sum"].to(self.device), int(sums["epoch_images"])
         self.resumed = None
 
     def on_train_epoch_start(self) -> None:

@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from mobilenet.errors import UsageError
+from mobilenet.files import shown
 from mobilenet.training.runs import is_launching_process
 
 # Key under which a checkpoint keeps its W&B run id, so that `fit --ckpt_path` continues the same run.
@@ -167,8 +168,7 @@ class WandbRunCallback(Callback):
         message = f"W&B runs offline ({self.logger.offline_reason}): this run is recorded in {run_dir}."
         if self.logger.kept_checkpoints_local:
             where = getattr(trainer.checkpoint_callback, "dirpath", None) or "the checkpoint folder"
-            if Path(where).is_absolute() and Path(where).is_relative_to(Path.cwd()):
-                where = Path(where).relative_to(Path.cwd())  # Lightning made it absolute; say it as the user did
+            where = shown(where)  # Lightning made it absolute; say it as the user did
             message += f" Checkpoints are not uploaded as artifacts offline; they stay in {where}."
         print(f"{message} Upload the run later with: wandb sync {run_dir}")
 
