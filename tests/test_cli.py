@@ -153,6 +153,11 @@ def test_classify_report_export_and_summary_take_the_same_checkpoint_grammar(tra
     exported = mobilenet("export", "--run_name", "cifar10", "--ckpt_path", "best", "--format", "state_dict",
                          "--output", str(tmp_path / "best.pth"), cwd=workdir)  # fmt: skip
     assert exported.returncode == 0, exported.stderr
+    best = next((workdir / "checkpoints" / "cifar10").glob("best-*.ckpt"))
+    trained_weights = torch.load(best, weights_only=True)["state_dict"]
+    exported_weights = torch.load(tmp_path / "best.pth", weights_only=True)
+    assert set(exported_weights) == {key.removeprefix("net.") for key in trained_weights if key.startswith("net.")}
+    assert all(torch.equal(exported_weights[key], trained_weights[f"net.{key}"]) for key in exported_weights)
     summary = mobilenet("summary", "--ckpt_path", "checkpoints/cifar10/last.ckpt", cwd=workdir)
     assert summary.returncode == 0 and "α=0.25" in summary.stdout
     report = mobilenet("report", "--ckpt_path", "checkpoints/cifar10/last.ckpt", cwd=workdir)
@@ -239,6 +244,7 @@ def test_an_image_folder_run_is_evaluated_exported_and_classified_from_its_check
     # A config that names only CIFAR recipe settings still means the checkpoint's image folders.
     tested = mobilenet("test", "--config", str(CONFIGS / "cifar10_fast.yaml"), cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr
+    assert "test/acc" in tested.stdout + tested.stderr and "Decoding" not in tested.stderr  # the cached test/ images
 
     exported = mobilenet("export", "--ckpt_path", best, "--format", "onnx", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr

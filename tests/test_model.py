@@ -98,7 +98,7 @@ def test_the_recorded_arguments_rebuild_the_same_network(kwargs):
     net = MobileNetV1(**kwargs)
     rebuilt = MobileNetV1(**net.arguments)
     rebuilt.load_state_dict(net.state_dict())  # same layers, same shapes
-    assert [type(m) for m in rebuilt.modules()] == [type(m) for m in net.modules()]
+    assert repr(rebuilt) == repr(net)  # every layer with its settings: strides, activations, dropout rate
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(images), net.eval()(images))

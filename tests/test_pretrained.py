@@ -1,6 +1,7 @@
 """The trained model shipped in checkpoints/: it classifies real CIFAR-10 images as its model card says, and every
 way of reaching it (from_pretrained, torch.hub, the commands with no --ckpt_path) gives the same network."""
 
+import json
 import re
 import subprocess
 import sys
@@ -63,6 +64,13 @@ def test_the_commands_use_the_shipped_model_when_no_checkpoint_is_given(tmp_path
                                 text=True, timeout=300)  # fmt: skip
     assert classified.returncode == 0, classified.stderr
     assert "Using the shipped model" in classified.stderr and "mobilenet_v1_cifar10.safetensors" in classified.stderr
+    results = {
+        Path(result["file"]).name: result["top"][0]["class"] for result in json.loads(classified.stdout)["results"]
+    }
+    assert sorted(results) == [path.name for path in files]
+    assert (
+        sum(results[path.name] == label for path, label in zip(files, truth, strict=True)) == stated_sample_accuracy()
+    )
     shipped = str(pretrained_path("cifar10"))
     summary = subprocess.run([MOBILENET, "summary", "--ckpt_path", shipped], capture_output=True, text=True,
                              timeout=300)  # fmt: skip

@@ -134,7 +134,7 @@ def test_resuming_a_finished_run_says_so_and_trains_nothing(in_tmp, cifar10_dir,
         with pytest.raises(SystemExit) as stopped:
             main(["fit", *small_run_args(cifar10_dir), *QUIET, "--trainer.max_epochs", epochs, "--ckpt_path", "last"])
         assert stopped.value.code == 0
-        assert "has trained 1 epochs already" in capsys.readouterr().out
+        assert "has trained 1 epoch already" in capsys.readouterr().out
     assert sorted(p.name for p in (in_tmp / "logs" / "cifar10").iterdir()) == before, "no empty version folder"
 
 

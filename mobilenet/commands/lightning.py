@@ -234,7 +234,8 @@ def stop_if_finished(config, settled: Settled) -> None:
     if asked is None or asked < 0 or trained < asked:
         return
     print(
-        f"Run '{config.run_name}' has trained {trained} epochs already ('{artifact.path}'), and "
+        f"Run '{config.run_name}' has trained {trained} epoch{'' if trained == 1 else 's'} already "
+        f"('{artifact.path}'), and "
         f"--trainer.max_epochs is {asked}: there is nothing left to train. Raise --trainer.max_epochs to train "
         f"it longer, or evaluate it with `mobilenet test --ckpt_path {artifact.path}`."
     )
