@@ -28,11 +28,13 @@ import torch
 from benchmarks import inference
 from benchmarks.augmentation import augmentation_speeds
 from benchmarks.training import CONTESTANTS, add_arguments
+from mobilenet.training.precision import cpu_bf16, cpu_model
 
 LABELS = {
     "reference": "(a) reference: PIL per image, DataLoader workers",
     "lightning": "(b) this project: Lightning fit, batched augmentation",
     "raw": "(c) raw loop over the project's tensors, no Lightning",
+    "lightning_bf16": "(d) = (b) in bf16-mixed",
 }
 
 
@@ -46,19 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: str) -> dict:
     return {
         "cpu": cpu_model(),
+        "cpu_bf16": cpu_bf16(),  # the CPU's bfloat16 instructions: [] none (bf16 emulated), None unknown
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
@@ -67,15 +60,17 @@ def machine(device: str) -> dict:
     }
 
 
-def train(contestant: str, args: argparse.Namespace) -> dict:
+def train(contestant: str, args: argparse.Namespace, precision: str = "32-true") -> dict:
     names = ("batch_size", "width_mult", "warmup", "repeats", "steps", "workers", "device")
     shared = [str(part) for name in names for part in (f"--{name}", getattr(args, name))]
+    shared += ["--precision", precision]
     shared += ["--contiguous"] if args.contiguous else []
     command = [sys.executable, "-m", "benchmarks.training", "--contestant", contestant, *shared]
     done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0:
         raise RuntimeError(f"The {contestant} training benchmark failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**result, "contestant": contestant if precision == "32-true" else f"{contestant}_bf16"}
 
 
 def infer(args: argparse.Namespace) -> list[dict]:
@@ -100,7 +95,8 @@ def infer(args: argparse.Namespace) -> list[dict]:
 def report(result: dict) -> None:
     """The table, as the README shows it."""
     m, s = result["machine"], result["settings"]
-    print(f"\n{m['cpu']}, {m['cpus']} CPUs, torch {m['torch']}, device {m['device']}, ", end="")
+    bf16 = "unknown" if m["cpu_bf16"] is None else " and ".join(m["cpu_bf16"]) or "none, emulated"
+    print(f"\n{m['cpu']} (bf16: {bf16}), {m['cpus']} CPUs, torch {m['torch']}, device {m['device']}, ", end="")
     print(f"load average {m['load_average_1min']:.1f}")
     print(f"Training: α = {s['width_mult']:g}, batch {s['batch_size']}, Adam, cross-entropy, `seed` augmentation, "
           f"median of {s['repeats']} × {s['steps']} steps")  # fmt: skip
@@ -108,7 +104,8 @@ def report(result: dict) -> None:
     for row in result["training"]:
         print(f"  {LABELS[row['contestant']]:<56}{row['images_per_second']:>10.1f}{row['peak_memory_mb']:>10.0f}")
     ratios = result["ratios"]
-    print(f"  b/a = {ratios['lightning_over_reference']:.2f}   b/c = {ratios['lightning_over_raw']:.2f}")
+    print(f"  b/a = {ratios['lightning_over_reference']:.2f}   b/c = {ratios['lightning_over_raw']:.2f}   "
+          f"d/b (bf16-mixed / 32-true) = {ratios['bf16_over_32_fit']:.2f}")  # fmt: skip
     aug = result["augmentation"]
     print("Input pipeline alone, `seed` augmentation, one thread (images/s)")
     print(f"  per-image PIL {aug['pil_per_image']['images_per_second']:>10.0f}")
@@ -122,7 +119,8 @@ def report(result: dict) -> None:
             print(f"           {runtime:<14}{'n/a':>14}{'n/a':>14}")
             continue
         print(f"           {runtime:<14}{rows[bulk]:>14.0f}{1000 * latency / rows[latency]:>14.2f}")
-    print(f"  onnxruntime / eager at batch {bulk} = {ratios['onnxruntime_over_eager_inference']:.2f}")
+    print(f"  onnxruntime / eager at batch {bulk} = {ratios['onnxruntime_over_eager_inference']:.2f}   "
+          f"bf16 / fp32 channels-last = {ratios['bf16_over_32_inference']:.2f}")  # fmt: skip
 
 
 def main(argv=None) -> dict:
@@ -131,6 +129,8 @@ def main(argv=None) -> dict:
     for contestant in CONTESTANTS:
         print(f"Training: {LABELS[contestant]} ...", file=sys.stderr)
         training.append(train(contestant, args))
+    print(f"Training: {LABELS['lightning_bf16']} ...", file=sys.stderr)
+    training.append(train("lightning", args, precision="bf16-mixed"))
     print("Augmentation alone ...", file=sys.stderr)
     augmentation = augmentation_speeds(args.augment_images, args.batch_size, args.repeats)
     print("Inference ...", file=sys.stderr)
@@ -146,6 +146,8 @@ def main(argv=None) -> dict:
         "ratios": {
             "lightning_over_reference": speed["lightning"] / speed["reference"],
             "lightning_over_raw": speed["lightning"] / speed["raw"],
+            "bf16_over_32_fit": speed["lightning_bf16"] / speed["lightning"],
+            "bf16_over_32_inference": bulk["channels_last_bf16"] / bulk["channels_last"],
             "batched_over_pil_augmentation": augmentation["batched_tensors"]["images_per_second"]
             / augmentation["pil_per_image"]["images_per_second"],
             "onnxruntime_over_eager_inference": bulk["onnxruntime"] / bulk["eager"],

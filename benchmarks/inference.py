@@ -28,7 +28,7 @@ from mobilenet.commands.summary import count_costs
 from mobilenet.deploy.artifacts import torchscript_deprecation_silenced
 from mobilenet.deploy.folding import fold_batchnorm
 
-RUNTIMES = ("eager", "channels_last", "bn_folded", "compiled", "torchscript", "onnxruntime")
+RUNTIMES = ("eager", "channels_last", "channels_last_bf16", "bn_folded", "compiled", "torchscript", "onnxruntime")
 
 
 def prepare(width_mult: float, resolution: int, num_classes: int, threads: int, workdir: Path) -> dict[str, Callable]:
@@ -55,9 +55,11 @@ def prepare(width_mult: float, resolution: int, num_classes: int, threads: int, 
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def on_torch(module: Callable, memory_format: torch.memory_format = torch.contiguous_format) -> Callable:
+    def on_torch(
+        module: Callable, memory_format: torch.memory_format = torch.contiguous_format, bf16: bool = False
+    ) -> Callable:
         def run(batch: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 return module(batch.contiguous(memory_format=memory_format))  # the reorder is part of the cost
 
         return run
@@ -68,6 +70,8 @@ def prepare(width_mult: float, resolution: int, num_classes: int, threads: int, 
     return {
         "eager": on_torch(net),
         "channels_last": on_torch(channels_last, torch.channels_last),
+        # bf16 autocast, as `--trainer.precision bf16-mixed` runs validate/test (emulated on CPUs without bf16)
+        "channels_last_bf16": on_torch(channels_last, torch.channels_last, bf16=True),
         "bn_folded": on_torch(folded),
         "compiled": on_torch(compiled, torch.channels_last),
         "torchscript": on_torch(scripted),

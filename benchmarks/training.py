@@ -178,9 +178,11 @@ def run_raw(images, labels, args, clock: RepetitionClock, device: torch.device) 
             batch = transform(batch, torch.Generator().manual_seed(augment_seed))
             batch = batch.contiguous(memory_format=memory_format)
             optimizer.zero_grad(set_to_none=True)
-            logits = net(batch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed"):
+                logits = net(batch)
+                loss = nn.functional.cross_entropy(logits, targets)
             metrics.update(logits, targets)
-            nn.functional.cross_entropy(logits, targets).backward()
+            loss.backward()
             optimizer.step()
             clock.tick()
             if clock.done == clock.total_steps:
@@ -203,7 +205,8 @@ def run_lightning(images, labels, args, clock: RepetitionClock, device: torch.de
     torch.manual_seed(0)
     # Adam, lr 1e-3 by default
     model = MobileNetClassifier(MobileNetV1(NUM_CLASSES, args.width_mult), channels_last=not args.contiguous)
-    training_only_trainer(device.type, clock.total_steps, [Ticks()]).fit(model, datamodule=data)
+    trainer = training_only_trainer(device.type, clock.total_steps, [Ticks()], precision=args.precision)
+    trainer.fit(model, datamodule=data)
     return {}
 
 
@@ -227,6 +230,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=8, help="training steps per repetition (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--precision", choices=("32-true", "bf16-mixed"), default="32-true", help="(b) and (c): Lightning's precision"
+    )
     parser.add_argument(
         "--contiguous", action="store_true", help="(b) and (c) in PyTorch's default memory order, not channels-last"
     )

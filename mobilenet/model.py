@@ -151,9 +151,10 @@ class MobileNetV1(nn.Module):
         Its record rides along as ``net.metadata``: class names, and the input it expects (``resolution``,
         ``mean``, ``std``; ``mobilenet.deploy.classifier.open_classifier`` applies them to uint8 images).
         """
-        from mobilenet.deploy.artifacts import load, pretrained_path  # reading files is deploy's job
+        from mobilenet.deploy.artifacts import load  # reading files is deploy's job
+        from mobilenet.shipped import shipped_path
 
-        artifact = load(pretrained_path(name))
+        artifact = load(shipped_path(name))
         net = artifact.network
         net.metadata = artifact.metadata
         return net

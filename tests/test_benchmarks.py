@@ -11,7 +11,7 @@ from mobilenet import MobileNetV1
 from mobilenet.commands.summary import count_costs
 
 # Every inference runtime the performance issue asks for, in the benchmark's order.
-ISSUE_RUNTIMES = ("eager", "channels_last", "bn_folded", "compiled", "torchscript", "onnxruntime")
+ISSUE_RUNTIMES = ("eager", "channels_last", "channels_last_bf16", "bn_folded", "compiled", "torchscript", "onnxruntime")
 
 
 @pytest.mark.slow
@@ -48,7 +48,7 @@ def test_speed_benchmark_reports_every_contestant_ratio_and_the_machine(tmp_path
     assert result.returncode == 0, result.stderr
     figures = json.loads(output.read_text())
     training = {row["contestant"]: row for row in figures["training"]}
-    assert set(training) == {"reference", "lightning", "raw"}
+    assert set(training) == {"reference", "lightning", "raw", "lightning_bf16"}
     for row in training.values():
         assert len(row["repetitions"]) == 2 and min(row["repetitions"]) <= row["images_per_second"]
         assert row["images_per_second"] <= max(row["repetitions"]) and row["peak_memory_mb"] > 0
@@ -56,12 +56,21 @@ def test_speed_benchmark_reports_every_contestant_ratio_and_the_machine(tmp_path
     speed = {name: row["images_per_second"] for name, row in training.items()}
     assert ratios["lightning_over_reference"] == pytest.approx(speed["lightning"] / speed["reference"])
     assert ratios["lightning_over_raw"] == pytest.approx(speed["lightning"] / speed["raw"])
+    assert ratios["bf16_over_32_fit"] == pytest.approx(speed["lightning_bf16"] / speed["lightning"])
     assert set(figures["augmentation"]) == {"pil_per_image", "batched_tensors"}
     assert {(r["runtime"], r["batch_size"]) for r in figures["inference"]} == {
         (runtime, size) for runtime in ISSUE_RUNTIMES for size in (1, 2)
     }
-    assert {"cpu", "cpus", "torch", "device"} <= set(figures["machine"])
-    for label in ("(a) reference", "(b) this project", "(c) raw loop", "b/a =", "per-image PIL", "onnxruntime"):
+    assert {"cpu", "cpu_bf16", "cpus", "torch", "device"} <= set(figures["machine"])
+    labels = (
+        "(a) reference",
+        "(b) this project",
+        "(c) raw loop",
+        "(d) = (b) in bf16-mixed",
+        "d/b (bf16-mixed",
+        "bf16:",
+    )
+    for label in (*labels, "b/a =", "per-image PIL", "onnxruntime", "bf16 / fp32 channels-last"):
         assert label in result.stdout
 
 

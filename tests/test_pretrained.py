@@ -2,6 +2,7 @@
 way of reaching it (from_pretrained, torch.hub, the commands with no --ckpt_path) gives the same network."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,10 +12,13 @@ import pytest
 import torch
 
 from conftest import REPO
-from mobilenet import MobileNetV1
+from mobilenet import MobileNetV1, shipped
+from mobilenet.commands import main
 from mobilenet.data.images import read_image
-from mobilenet.deploy.artifacts import load, pretrained_path
+from mobilenet.deploy.artifacts import load
 from mobilenet.deploy.classifier import open_classifier
+from mobilenet.errors import UsageError
+from mobilenet.shipped import shipped_path
 
 MOBILENET = str(Path(sys.executable).parent / "mobilenet")
 # 20 images of the shared CIFAR-10 JPEG copy, two per class, from the validation split the model was not
@@ -36,8 +40,8 @@ def stated_sample_accuracy() -> int:
 
 
 def test_the_shipped_model_classifies_the_sample_as_its_card_states():
-    artifact = load(pretrained_path("cifar10"))
-    assert artifact.kind == "safetensors" and pretrained_path("cifar10").stat().st_size < 8_000_000
+    artifact = load(shipped_path("cifar10"))
+    assert artifact.kind == "safetensors" and shipped_path("cifar10").stat().st_size < 8_000_000
     files, truth = sample()
     assert len(files) == 20 and len(set(truth)) == 10
     classifier = open_classifier(artifact)
@@ -71,7 +75,7 @@ def test_the_commands_use_the_shipped_model_when_no_checkpoint_is_given(tmp_path
     assert (
         sum(results[path.name] == label for path, label in zip(files, truth, strict=True)) == stated_sample_accuracy()
     )
-    shipped = str(pretrained_path("cifar10"))
+    shipped = str(shipped_path("cifar10"))
     summary = subprocess.run([MOBILENET, "summary", "--ckpt_path", shipped], capture_output=True, text=True,
                              timeout=300)  # fmt: skip
     assert summary.returncode == 0 and "α=1" in summary.stdout and "10 classes" in summary.stdout
@@ -80,3 +84,54 @@ def test_the_commands_use_the_shipped_model_when_no_checkpoint_is_given(tmp_path
     exported = subprocess.run(export, capture_output=True, text=True, timeout=300)
     assert exported.returncode == 0, exported.stderr
     assert open_classifier(tmp_path / "shipped.onnx").class_names == load(shipped).metadata.class_names
+
+
+def test_a_damaged_or_replaced_shipped_file_is_refused_not_loaded(tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "checkpoints"
+    copy.mkdir()
+    original = shipped_path("cifar10")
+    data = bytearray(original.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the weights: still a readable safetensors file
+    (copy / original.name).write_bytes(bytes(data))
+    monkeypatch.setattr(shipped, "LOCATIONS", (copy,))
+    with pytest.raises(UsageError, match=r"is not the shipped model 'cifar10': its sha256 is .* not loaded"):
+        MobileNetV1.from_pretrained("cifar10")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="mobilenet: error: .* is not the shipped model"):
+        main(["classify", str(SAMPLE)])
+    (copy / original.name).unlink()
+    with pytest.raises(UsageError, match=r"is not installed: it was looked for in .*--ckpt_path"):
+        MobileNetV1.from_pretrained("cifar10")
+
+
+@pytest.mark.slow
+def test_a_wheel_carries_the_shipped_model_outside_the_repository(tmp_path):
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", str(REPO),
+                            "-w", str(wheels)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    (wheel,) = wheels.glob("mobilenet-*.whl")
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
+                               capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}  # the installed wheel, not this checkout
+    check = (
+        "import mobilenet, torch; from mobilenet import MobileNetV1; net = MobileNetV1.from_pretrained('cifar10'); "
+        "print(mobilenet.__file__); print(net.metadata.class_names[0], net(torch.zeros(1, 3, 32, 32)).shape)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=outside, env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.splitlines()[0].startswith(str(site)), "imported the checkout instead of the wheel"
+    assert loaded.stdout.splitlines()[1] == "airplane torch.Size([1, 10])"
+    image = SAMPLE / "cat_0003.jpg" if (SAMPLE / "cat_0003.jpg").exists() else sample()[0][0]
+    classified = subprocess.run([sys.executable, "-m", "mobilenet", "classify", str(image), "--json"], cwd=outside,
+                                env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert classified.returncode == 0, classified.stderr
+    assert str(site) in classified.stderr  # "Using the shipped model <site>/mobilenet/checkpoints/..."
+    (result,) = json.loads(classified.stdout)["results"]
+    assert result["top"][0]["class"] in MobileNetV1.from_pretrained("cifar10").metadata.class_names
+    hub = torch.hub.load(str(REPO), "mobilenet_v1", source="local", pretrained=True, trust_repo=True)
+    assert not hub.training

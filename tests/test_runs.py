@@ -1,11 +1,10 @@
-"""Run folders, checkpoint aliases and the automatic precision choice."""
+"""Run folders and checkpoint aliases."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from mobilenet.commands.lightning import auto_precision
 from mobilenet.errors import UsageError
 from mobilenet.training.runs import check_run_name, resolve_checkpoint, run_name_from
 
@@ -60,18 +59,3 @@ def test_fit_from_last_without_checkpoints_starts_fresh_but_test_refuses(tmp_pat
 def test_a_checkpoint_path_that_is_not_a_file_is_named(tmp_path):
     with pytest.raises(UsageError, match="missing.ckpt' is not a file"):
         resolve_checkpoint(str(tmp_path / "missing.ckpt"), tmp_path, "run", "fit")
-
-
-@pytest.mark.parametrize(
-    "cuda, bf16, accelerator, expected",
-    [
-        (False, False, "auto", "32-true"),
-        (True, True, "auto", "bf16-mixed"),
-        (True, False, "gpu", "16-mixed"),
-        (True, True, "cpu", "32-true"),  # asked for the CPU on a GPU machine
-    ],
-)
-def test_precision_is_mixed_on_gpus_and_full_on_the_cpu(monkeypatch, cuda, bf16, accelerator, expected):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
-    assert auto_precision(accelerator) == expected

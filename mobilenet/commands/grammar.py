@@ -23,8 +23,9 @@ from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser
 
-from mobilenet.deploy.artifacts import DATA_CLASSES, Artifact, load, pretrained_path
+from mobilenet.deploy.artifacts import DATA_CLASSES, Artifact, load
 from mobilenet.errors import UsageError
+from mobilenet.shipped import shipped_path
 from mobilenet.training.runs import (
     ALIASES,
     CHECKPOINT_ROOT,
@@ -256,10 +257,9 @@ def settle_model(config: Namespace, command: str, given: Optional[Namespace] = N
     """``settle`` for the commands that use a trained model (classify, report, export): with no --ckpt_path and
     no run named (--config, --run_name), the model shipped in checkpoints/ when there is one."""
     if not (config.get("ckpt_path") or config.get("run_name") or config.get("config")):
-        shipped = pretrained_path()
-        if shipped.is_file():
-            print(f"Using the shipped model {shipped} (pass --ckpt_path or a run for your own).", file=sys.stderr)
-            config.ckpt_path = str(shipped)
+        shipped = shipped_path()  # checked against its recorded sha256
+        print(f"Using the shipped model {shipped} (pass --ckpt_path or a run for your own).", file=sys.stderr)
+        config.ckpt_path = str(shipped)
     return settle(config, command, given=given)
 
 

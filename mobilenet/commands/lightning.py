@@ -38,6 +38,7 @@ from mobilenet.training.callbacks import (
 )
 from mobilenet.training.checkpoint_io import AtomicCheckpointIO
 from mobilenet.training.module import MobileNetClassifier
+from mobilenet.training.precision import choose_precision
 from mobilenet.training.runs import (
     LAST_NAME,
     LOG_ROOT,
@@ -65,13 +66,6 @@ TRAINER_DEFAULTS = {
 EXPORT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}
 
 
-def auto_precision(accelerator: object) -> str:
-    """bf16-mixed on GPUs that support it, 16-mixed on older GPUs, 32-true on the CPU."""
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
 class MobileNetCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -92,8 +86,7 @@ class MobileNetCLI(LightningCLI):
         given = given_values(parser, args, command)
         self.settled = settle(config, command, default_ckpt=None if command == "fit" else "best", given=given)
         self.weights = check_trainer_source(self.settled, command)
-        if config.trainer.precision is None:
-            config.trainer.precision = auto_precision(config.trainer.accelerator)
+        config.trainer.precision, why = choose_precision(config.trainer.precision, config.trainer.accelerator)
         loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
         for logger in loggers:
             if hasattr(logger, "init_args") and "name" in logger.init_args and logger.init_args.name is None:
@@ -105,6 +98,8 @@ class MobileNetCLI(LightningCLI):
             if is_launching_process():
                 RunLock.acquire(self.settled.run_dir, config.run_name)
             stop_if_finished(config, self.settled)
+            if is_launching_process():
+                print(why)
             self.resume_hint = resume_command(sys.argv[1:] if args is None else args, config.run_name)
         else:
             check_writable(evaluation_loggers(config, self.settled, command))

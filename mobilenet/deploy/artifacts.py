@@ -62,17 +62,6 @@ UNSAFE_OBJECT = "Unsupported global:"
 EXPORT_EXTRA = 'pip install -e ".[export]"'
 
 
-# The trained model shipped with the project (docs/model_card.md), in the repository's checkpoints/ folder.
-PRETRAINED = {"cifar10": "mobilenet_v1_cifar10.safetensors"}
-
-
-def pretrained_path(name: str = "cifar10") -> Path:
-    """Where the shipped model ``name`` lies: ``checkpoints/`` next to the package, in a clone of the repository."""
-    if name not in PRETRAINED:
-        raise UsageError(f"There is no shipped model {name!r}; there is {', '.join(map(repr, PRETRAINED))}.")
-    return Path(__file__).resolve().parents[2] / "checkpoints" / PRETRAINED[name]
-
-
 @dataclass
 class Metadata:
     """What a consumer needs to build, feed and read the network, and where it comes from."""
