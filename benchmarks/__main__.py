@@ -112,13 +112,13 @@ def report(result: dict) -> None:
     print(f"  batched       {aug['batched_tensors']['images_per_second']:>10.0f}"
           f"   ({ratios['batched_over_pil_augmentation']:.1f} ×)")  # fmt: skip
     latency, bulk = s["inference_batch_sizes"]
-    print(f"Inference: {'runtime':<14}{f'batch {bulk} img/s':>14}{f'batch {latency} ms':>14}")
+    print(f"Inference: {'runtime':<20}{f'batch {bulk} img/s':>14}{f'batch {latency} ms':>14}")
     for runtime in inference.RUNTIMES:
         rows = {r["batch_size"]: r["images_per_second"] for r in result["inference"] if r["runtime"] == runtime}
         if rows[bulk] is None:
-            print(f"           {runtime:<14}{'n/a':>14}{'n/a':>14}")
+            print(f"           {runtime:<20}{'n/a':>14}{'n/a':>14}")
             continue
-        print(f"           {runtime:<14}{rows[bulk]:>14.0f}{1000 * latency / rows[latency]:>14.2f}")
+        print(f"           {runtime:<20}{rows[bulk]:>14.0f}{1000 * latency / rows[latency]:>14.2f}")
     print(f"  onnxruntime / eager at batch {bulk} = {ratios['onnxruntime_over_eager_inference']:.2f}   "
           f"bf16 / fp32 channels-last = {ratios['bf16_over_32_inference']:.2f}")  # fmt: skip
 

@@ -46,12 +46,30 @@ def scaled_channels(channels: int, width_mult: float, divisor: int = 8) -> int:
     return rounded
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise convolution (``groups == in_channels``) that computes in float32 under CPU bfloat16 autocast.
+
+    A per-layer precision policy: with ``bf16-mixed`` on the CPU, oneDNN's bfloat16 depthwise backward leaves its
+    fast path (most at the stride-2 layers), while the 1×1 convolutions gain from bfloat16. Computing the
+    depthwise layers (and so the BatchNorm and ReLU after them) in float32 makes ``bf16-mixed`` faster than
+    ``32-true`` instead of slower (docs/performance.md). The weights, their names and every other precision are
+    those of ``nn.Conv2d``.
+    """
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(images.float())
+        return super().forward(images)
+
+
 def conv_bn_act(
     in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, activation: type[nn.Module]
 ) -> nn.Sequential:
     """Convolution without bias (the BatchNorm after it has one), BatchNorm, activation."""
+    conv = DepthwiseConv2d if groups == in_channels > 1 else nn.Conv2d
     return nn.Sequential(
-        nn.Conv2d(
+        conv(
             in_channels,
             out_channels,
             kernel_size,

@@ -6,6 +6,7 @@ import torch
 from test_pretrained import sample
 
 from conftest import small_run_args
+from mobilenet import MobileNetV1
 from mobilenet.commands.lightning import build_cli
 from mobilenet.data.images import read_image
 from mobilenet.deploy.classifier import open_classifier
@@ -65,7 +66,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_refused_before_anything_is_w
 
 def test_the_fit_banner_says_which_precision_runs_and_why(in_tmp, cifar10_dir, capsys, bf16_cpu):
     fit(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--run_name", "default")
-    assert "Precision: 32-true (the default on a CPU" in capsys.readouterr().out
+    assert "Precision: 32-true (the default on a CPU; this CPU has AVX512-BF16" in capsys.readouterr().out
     fit(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed")
     assert "Precision: bf16-mixed (as asked; this CPU has AVX512-BF16" in capsys.readouterr().out
 
@@ -112,3 +113,20 @@ def test_resuming_a_bf16_run_on_the_cpu_is_exact(in_tmp, cifar10_dir, bf16_cpu):
     fit(cifar10_dir, "--trainer.max_epochs", "2", "--run_name", "fp32", *EXACT)
     c = weights(in_tmp / "checkpoints" / "fp32" / "last.ckpt")
     assert not all(torch.equal(a[key], c[key]) for key in a)
+
+
+def test_under_cpu_bf16_autocast_depthwise_layers_compute_in_float32_and_pointwise_in_bf16():
+    net = MobileNetV1(width_mult=0.25).to(memory_format=torch.channels_last)
+    block = net.features[2]  # a stride-2 block: the layers whose bf16 backward is slowest
+    outputs = {}
+    for name in ("depthwise", "pointwise"):
+        getattr(block, name)[0].register_forward_hook(lambda m, i, out, name=name: outputs.__setitem__(name, out))
+    images = torch.randn(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(images).float().sum().backward()
+    assert set(outputs) == {"depthwise", "pointwise"}
+    assert outputs["depthwise"].dtype == torch.float32 and outputs["pointwise"].dtype == torch.bfloat16
+    assert block.depthwise[0].weight.grad.dtype == torch.float32
+    # Outside autocast it is an ordinary convolution, with nn.Conv2d's parameter names
+    assert MobileNetV1(width_mult=0.25)(images).dtype == torch.float32
+    assert "features.2.depthwise.0.weight" in net.state_dict()
