@@ -162,21 +162,6 @@ class MobileNetV1(nn.Module):
         features = self.pool(self.features(images)).flatten(1)
         return self.classifier(self.dropout(features))
 
-    @classmethod
-    def from_pretrained(cls, name: str = "cifar10") -> "MobileNetV1":
-        """The trained network shipped with the project (``docs/model_card.md``), float32, in eval mode.
-
-        Its record rides along as ``net.metadata``: class names, and the input it expects (``resolution``,
-        ``mean``, ``std``; ``mobilenet.deploy.classifier.open_classifier`` applies them to uint8 images).
-        """
-        from mobilenet.deploy.artifacts import load  # reading files is deploy's job
-        from mobilenet.shipped import shipped_path
-
-        artifact = load(shipped_path(name))
-        net = artifact.network
-        net.metadata = artifact.metadata
-        return net
-
 
 # The network's arguments, in the order of its signature: the one place they are declared.
 NETWORK_ARGUMENTS: tuple[str, ...] = tuple(inspect.signature(MobileNetV1).parameters)

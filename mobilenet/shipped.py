@@ -6,15 +6,18 @@ a clone or an editable install reads it there; a wheel, an sdist or ``pip instal
 package data, ``mobilenet/checkpoints/`` inside the installed package (``setup.cfg``). Each file's sha256 is
 recorded below, and a file that does not match (damaged, truncated, replaced) is refused, never loaded.
 
-To use weights kept elsewhere, pass the file itself: ``--ckpt_path FILE`` on the command line,
-``mobilenet.deploy.artifacts.load(FILE)`` or ``open_classifier(FILE)`` in Python.
+``mobilenet.from_pretrained("cifar10")`` is the trained network; to use weights kept elsewhere, pass the file
+itself: ``--ckpt_path FILE`` on the command line, ``mobilenet.deploy.artifacts.load(FILE)`` or
+``open_classifier(FILE)`` in Python.
 """
 
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilenet.deploy.artifacts import load
 from mobilenet.errors import UsageError
+from mobilenet.model import MobileNetV1
 
 PACKAGE = Path(__file__).resolve().parent
 # Where the files are looked for, in order: inside the installed package, then in a clone of the repository.
@@ -62,3 +65,15 @@ def shipped_path(name: str = "cifar10", verify: bool = True) -> Path:
             f"checkpoints/{model.file}` in a clone, or reinstall mobilenet), or pass your own file with --ckpt_path."
         )
     return path
+
+
+def from_pretrained(name: str = "cifar10") -> MobileNetV1:
+    """The trained network shipped with the project (``docs/model_card.md``), float32, in eval mode.
+
+    Its record rides along as ``net.metadata``: class names, and the input it expects (``resolution``, ``mean``,
+    ``std``; ``mobilenet.deploy.classifier.open_classifier`` applies them to uint8 images).
+    """
+    artifact = load(shipped_path(name))
+    net = artifact.network
+    net.metadata = artifact.metadata
+    return net

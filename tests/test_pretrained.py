@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from mobilenet import MobileNetV1, shipped
+from mobilenet import from_pretrained, shipped
 from mobilenet.commands import main
 from mobilenet.data.images import read_image
 from mobilenet.deploy.artifacts import load
@@ -51,7 +51,7 @@ def test_the_shipped_model_classifies_the_sample_as_its_card_states():
 
 
 def test_from_pretrained_and_torch_hub_give_the_shipped_network_ready_for_eval():
-    net = MobileNetV1.from_pretrained("cifar10")
+    net = from_pretrained("cifar10")
     assert not net.training and net.metadata.class_names[0] == "airplane" and net.metadata.resolution == 32
     hub = torch.hub.load(str(REPO), "mobilenet_v1", source="local", pretrained=True, trust_repo=True)
     batch = torch.randn(4, 3, 32, 32)
@@ -95,13 +95,13 @@ def test_a_damaged_or_replaced_shipped_file_is_refused_not_loaded(tmp_path, monk
     (copy / original.name).write_bytes(bytes(data))
     monkeypatch.setattr(shipped, "LOCATIONS", (copy,))
     with pytest.raises(UsageError, match=r"is not the shipped model 'cifar10': its sha256 is .* not loaded"):
-        MobileNetV1.from_pretrained("cifar10")
+        from_pretrained("cifar10")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="mobilenet: error: .* is not the shipped model"):
         main(["classify", str(SAMPLE)])
     (copy / original.name).unlink()
     with pytest.raises(UsageError, match=r"is not installed: it was looked for in .*--ckpt_path"):
-        MobileNetV1.from_pretrained("cifar10")
+        from_pretrained("cifar10")
 
 
 @pytest.mark.slow
@@ -118,7 +118,7 @@ def test_a_wheel_carries_the_shipped_model_outside_the_repository(tmp_path):
     outside.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}  # the installed wheel, not this checkout
     check = (
-        "import mobilenet, torch; from mobilenet import MobileNetV1; net = MobileNetV1.from_pretrained('cifar10'); "
+        "import mobilenet, torch; net = mobilenet.from_pretrained('cifar10'); "
         "print(mobilenet.__file__); print(net.metadata.class_names[0], net(torch.zeros(1, 3, 32, 32)).shape)"
     )
     loaded = subprocess.run([sys.executable, "-c", check], cwd=outside, env=env, capture_output=True, text=True,
@@ -132,6 +132,6 @@ def test_a_wheel_carries_the_shipped_model_outside_the_repository(tmp_path):
     assert classified.returncode == 0, classified.stderr
     assert str(site) in classified.stderr  # "Using the shipped model <site>/mobilenet/checkpoints/..."
     (result,) = json.loads(classified.stdout)["results"]
-    assert result["top"][0]["class"] in MobileNetV1.from_pretrained("cifar10").metadata.class_names
+    assert result["top"][0]["class"] in from_pretrained("cifar10").metadata.class_names
     hub = torch.hub.load(str(REPO), "mobilenet_v1", source="local", pretrained=True, trust_repo=True)
     assert not hub.training

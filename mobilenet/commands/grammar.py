@@ -23,8 +23,9 @@ from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser
 
-from mobilenet.deploy.artifacts import DATA_CLASSES, Artifact, load
+from mobilenet.deploy.artifacts import Artifact, load
 from mobilenet.errors import UsageError
+from mobilenet.record import DATA_CLASSES
 from mobilenet.shipped import shipped_path
 from mobilenet.training.runs import (
     ALIASES,

@@ -9,11 +9,11 @@ import torch
 from mobilenet.commands.grammar import command_parser
 from mobilenet.data.cifar import NUM_CLASSES
 from mobilenet.data.cifar_files import ensure_available, read_class_names
-from mobilenet.deploy.artifacts import torch_load
 from mobilenet.deploy.export import check_output
 from mobilenet.deploy.tutorial import CIFAR_BY_CLASSES, convert_state_dict, tutorial_checkpoint, unwrap
 from mobilenet.errors import UsageError
 from mobilenet.files import atomic_write
+from mobilenet.record import torch_load
 
 
 def main(argv: list[str]) -> int:

@@ -26,9 +26,10 @@ from mobilenet.commands.grammar import (
     settle,
 )
 from mobilenet.data.base import BatchedDataModule
-from mobilenet.deploy.artifacts import Artifact, first_line, with_network
+from mobilenet.deploy.artifacts import Artifact, with_network
 from mobilenet.errors import UsageError
 from mobilenet.files import check_writable
+from mobilenet.record import first_line
 from mobilenet.training.callbacks import (
     CompactModelSummary,
     PlainProgressBar,

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from mobilenet.data.augment import BatchTransform
-from mobilenet.deploy.artifacts import Artifact, Metadata, load
+from mobilenet.deploy.artifacts import Artifact, load
 from mobilenet.errors import UsageError
 from mobilenet.progress import progress as progress_bar
+from mobilenet.record import Metadata
 
 Backend = Literal["auto", "torch", "onnxruntime"]
 BACKENDS = get_args(Backend)

@@ -1,6 +1,6 @@
 """A trained network written for use outside this project, each file checked against PyTorch before it lands.
 
-Formats (each file carries the checkpoint's record, ``mobilenet.deploy.artifacts.Metadata``, and has it as JSON
+Formats (each file carries the checkpoint's record, ``mobilenet.record.Metadata``, and has it as JSON
 in ``<file>.json`` beside it as well, for consumers outside Python):
     onnx          BatchNorm folded into the convolutions, dynamic batch axis, record in ``metadata_props``
     torchscript   BatchNorm folded, record as the extra file ``mobilenet.json``
@@ -24,10 +24,8 @@ from typing import Callable
 import torch
 
 from mobilenet.deploy.artifacts import (
-    METADATA_KEY,
     TORCHSCRIPT_METADATA,
     Artifact,
-    Metadata,
     load,
     require,
     sidecar_path,
@@ -36,6 +34,7 @@ from mobilenet.deploy.artifacts import (
 from mobilenet.deploy.folding import fold_batchnorm
 from mobilenet.errors import UsageError
 from mobilenet.files import atomic_write, check_writable, process_alive, same_file, write_text
+from mobilenet.record import METADATA_KEY, Metadata
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "state_dict": ".pth", "safetensors": ".safetensors"}
 # Largest absolute logit difference accepted: float32 rounding gives about 1e-5; float16 weights about 1e-2.

@@ -14,9 +14,9 @@ import re
 
 import torch
 
-from mobilenet.deploy.artifacts import METADATA_KEY, Metadata
 from mobilenet.errors import UsageError
 from mobilenet.model import BLOCKS, STEM_CHANNELS, MobileNetV1
+from mobilenet.record import METADATA_KEY, Metadata
 
 TUTORIAL_LAYOUT = {"stem_stride": 1, "activation": "relu6", "stem_activation": "relu"}
 CIFAR_BY_CLASSES = {10: "cifar10", 100: "cifar100"}
@@ -115,7 +115,7 @@ def tutorial_checkpoint(
     net_state: dict[str, torch.Tensor], model: dict, class_names: list[str], dataset: str, data_dir: str
 ) -> dict:
     """A checkpoint laid out as ``mobilenet fit`` writes one: the weights under ``net.``, the record under
-    ``mobilenet.deploy.artifacts.METADATA_KEY``, and what Lightning needs to evaluate it."""
+    ``mobilenet.record.METADATA_KEY``, and what Lightning needs to evaluate it."""
     import lightning
 
     metadata = Metadata(

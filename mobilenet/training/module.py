@@ -12,9 +12,9 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from mobilenet.data.base import BatchedDataModule
-from mobilenet.deploy.artifacts import METADATA_KEY, Metadata, checkpoint_metadata
 from mobilenet.errors import UsageError
 from mobilenet.model import MobileNetV1
+from mobilenet.record import METADATA_KEY, Metadata, checkpoint_metadata
 
 # Where a checkpoint keeps the training epoch's running loss sum and image count (for a mid-epoch resume).
 EPOCH_SUMS_KEY = "epoch_running_sums"
@@ -275,7 +275,7 @@ class MobileNetClassifier(LightningModule):
         """``MobileNetClassifier.load_from_checkpoint(path)`` builds the network the checkpoint records; weights
         of another shape for a module in training are refused with a sentence, before Lightning's long error."""
         if self._trainer is None:
-            network = checkpoint_metadata(checkpoint, "the checkpoint").network  # earlier layouts converted
+            network = checkpoint_metadata(checkpoint, "the checkpoint").network
             if network != self.net.arguments:
                 self.net = MobileNetV1(**network).to(memory_format=self.memory_format)
                 self.make_metrics(self.net.arguments["num_classes"])

@@ -20,8 +20,8 @@ from typing import Iterator, Optional, Sequence
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from mobilenet.deploy.artifacts import read_checkpoint
 from mobilenet.errors import UsageError
+from mobilenet.record import read_checkpoint
 
 CHECKPOINT_ROOT = Path("checkpoints")
 LOG_ROOT = Path("logs")
