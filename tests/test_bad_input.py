@@ -494,7 +494,7 @@ MATRIX = [
     ("classify grid that is no PNG", classify_grid_that_is_no_png, ["--grid writes a PNG picture"]),
     ("classify top 0", classify_top_zero, ["--topk must be at least 1, got 0"]),
     ("report without images", report_without_images, ["--num_images must be at least 1, got 0"]),
-    ("summary at resolution 0", summary_at_resolution_zero, ["--data.resolution must be a whole number of pixels"]),
+    ("summary at resolution 0", summary_at_resolution_zero, ["resolution must be between 1 and 1024 pixels, got 0"]),
 ]
 # Cases about permissions run as a separate process without the capabilities that let root write anywhere
 # (CAP_DAC_OVERRIDE and the rest), so that they test the same thing for root as for any other user.

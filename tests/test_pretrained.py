@@ -1,9 +1,11 @@
 """The trained model shipped in checkpoints/: it classifies real CIFAR-10 images as its model card says, and every
 way of reaching it (from_pretrained, torch.hub, the commands with no --ckpt_path) gives the same network."""
 
+import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +137,26 @@ def test_a_wheel_carries_the_shipped_model_outside_the_repository(tmp_path):
     assert result["top"][0]["class"] in from_pretrained("cifar10").metadata.class_names
     hub = torch.hub.load(str(REPO), "mobilenet_v1", source="local", pretrained=True, trust_repo=True)
     assert not hub.training
+
+
+def test_predict_and_classify_give_the_same_confidences_for_the_same_images(tmp_path, monkeypatch, capsys):
+    files, truth = sample()
+    root = tmp_path / "images"
+    for split in ("train", "test"):  # the sample as a folder dataset: its test split is what predict reads
+        for path, label in zip(files, truth, strict=True):
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, root / split / label / path.name)
+    monkeypatch.chdir(tmp_path)
+    main(["classify", str(root / "test"), "--json"])
+    classified = json.loads(capsys.readouterr().out)["results"]
+    by_classify = sorted((r["top"][0]["class"], round(r["top"][0]["probability"], 4)) for r in classified)
+    main(["predict", "--ckpt_path", str(shipped_path("cifar10")), "--data", "ImageFolderDataModule",
+          "--data.root", str(root), "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    (written,) = tmp_path.glob("logs/**/predictions.csv")
+    with open(written) as file:
+        rows = list(csv.DictReader(file))
+    by_predict = sorted((row["prediction_name"], round(float(row["confidence"]), 4)) for row in rows)
+    assert len(by_predict) == len(by_classify) == 20
+    # The record's temperature (0.836) makes the probabilities differ from a plain softmax by up to 0.085.
+    for (name_p, conf_p), (name_c, conf_c) in zip(by_predict, by_classify, strict=True):
+        assert name_p == name_c and conf_p == pytest.approx(conf_c, abs=2e-4)

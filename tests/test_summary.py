@@ -10,6 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import CONFIGS
+from fake_images import CLASSES, write_image_folder
 from mobilenet import MobileNetV1
 from mobilenet.commands import main
 from mobilenet.commands.summary import LAYER_TYPES, count_costs, totals_by_type
@@ -127,5 +128,16 @@ def test_summary_of_a_checkpoint_describes_the_trained_network(checkpoint, capsy
 def test_summary_refuses_a_bad_resolution_in_one_line():
     with pytest.raises(SystemExit) as exit_:
         main(["summary", "--data.resolution", "0"])
-    expected = "--data.resolution must be a whole number of pixels from 1 to 1024, got 0."
-    assert exit_.value.code == f"mobilenet: error: {expected}"
+    # the DataModule's own check, the message fit gives for the same setting
+    expected = "resolution must be between 1 and 1024 pixels, got 0; CIFAR's images are 32"
+    assert exit_.value.code.startswith(f"mobilenet: error: {expected}") and "\n" not in exit_.value.code
+
+
+def test_summary_of_an_image_folder_config_has_that_folders_classes(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "pets", per_class=2, test_per_class=1)
+    assert summary_main(["--config", str(CONFIGS / "cifar10.yaml"), "--data", "ImageFolderDataModule",
+                         "--data.root", str(root)]) == 0  # fmt: skip
+    stdout = capsys.readouterr().out
+    assert f"{len(CLASSES)} classes" in stdout and len(CLASSES) != 10
+    _, printed_ma, _, printed_w, _ = total_line(stdout)
+    assert float(printed_w) == round(totals(MobileNetV1(num_classes=len(CLASSES)), 32)[1] / 1e6, 3)

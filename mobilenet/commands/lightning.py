@@ -128,6 +128,8 @@ class MobileNetCLI(LightningCLI):
             self.model.net.load_state_dict(self.weights.network.state_dict())
         if self.settled.artifact is not None and isinstance(self.datamodule, BatchedDataModule):
             check_classes(self.datamodule, self.settled)
+        if self.settled.artifact is not None and self.subcommand != "fit":  # the one rule for probabilities
+            self.model.temperature = self.settled.artifact.metadata.temperature
 
     def config_record(self) -> dict:
         """The resolved config of this command, as plain data, for the checkpoints' record."""

@@ -17,10 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from mobilenet.commands.grammar import command_parser, parse, plain, settle
-from mobilenet.data.augment import MAX_RESOLUTION
-from mobilenet.data.cifar import NUM_CLASSES
-from mobilenet.errors import UsageError
+from mobilenet.commands.grammar import command_parser, parse, settle
 from mobilenet.model import MobileNetV1
 
 # The paper's Table 2 rows, in its order.
@@ -123,21 +120,13 @@ def main(argv: list[str]) -> int:
     config, given = parse(parser, argv)
     if config.ckpt_path:
         metadata = settle(config, "summary", given=given).artifact.metadata
-        network, resolution = metadata.network, metadata.resolution
+        net, resolution = MobileNetV1(**metadata.network), metadata.resolution
     else:
-        network = plain(config.model.net.init_args)
-        data = config.data.init_args
-        # Training links the class count from the data: a CIFAR-100 config means 100 classes, unless given.
-        if network.get("num_classes", 10) == 10 and data.get("dataset") in NUM_CLASSES:
-            network["num_classes"] = NUM_CLASSES[data.dataset]
-        resolution = data.get("resolution", 32)
-    if not isinstance(resolution, int) or not 1 <= resolution <= MAX_RESOLUTION:
-        raise UsageError(
-            f"--data.resolution must be a whole number of pixels from 1 to {MAX_RESOLUTION}, got {resolution}."
-        )
-    net = MobileNetV1(**network)
+        # Built as fit builds it: the DataModule gives the class count (a CIFAR-100 config, a folder's classes).
+        built = parser.instantiate_classes(config)
+        net, resolution = built.model.net, built.data.resolution
     stem = "stride-2 stem" if net.features[0][0].stride == (2, 2) else "stride-1 stem"
-    width = network.get("width_mult", 1.0)
+    width = net.arguments["width_mult"]
     print(f"MobileNetV1 α={width:g}, {resolution}×{resolution} input, {stem}, {net.classifier.out_features} classes")
     print(describe(net, resolution, config.per_layer))
     return 0

@@ -118,6 +118,10 @@ class MobileNetClassifier(LightningModule):
         self.resumed: Optional[dict[str, torch.Tensor]] = None
         # The run this module trains in, recorded in its checkpoints; the CLI fills it in.
         self.run_record: dict = {}
+        # The softmax temperature of the model's record (calibration): predict's probabilities are
+        # softmax(logits / temperature), as every other command's (mobilenet.deploy.classifier). A trained
+        # model is evaluated with its record's; training never uses it.
+        self.temperature = 1.0
 
     def make_metrics(self, num_classes: int) -> None:
         self.train_metrics = accuracy_metrics(num_classes, "train")
@@ -211,9 +215,9 @@ class MobileNetClassifier(LightningModule):
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         images, labels = batch
-        probabilities = self(images).softmax(dim=1)
+        probabilities = (self(images) / self.temperature).softmax(dim=1)
         if self.test_time_flip:
-            probabilities = (probabilities + self(images.flip(-1)).softmax(dim=1)) / 2
+            probabilities = (probabilities + (self(images.flip(-1)) / self.temperature).softmax(dim=1)) / 2
         confidence, prediction = probabilities.max(dim=1)
         return {"prediction": prediction, "confidence": confidence, "label": labels}
 
@@ -275,7 +279,8 @@ class MobileNetClassifier(LightningModule):
         """``MobileNetClassifier.load_from_checkpoint(path)`` builds the network the checkpoint records; weights
         of another shape for a module in training are refused with a sentence, before Lightning's long error."""
         if self._trainer is None:
-            network = checkpoint_metadata(checkpoint, "the checkpoint").network
+            metadata = checkpoint_metadata(checkpoint, "the checkpoint")
+            network, self.temperature = metadata.network, metadata.temperature
             if network != self.net.arguments:
                 self.net = MobileNetV1(**network).to(memory_format=self.memory_format)
                 self.make_metrics(self.net.arguments["num_classes"])
