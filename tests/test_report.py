@@ -1,6 +1,8 @@
 """`mobilenet report`: curves from every fit session of a run, test-set confusion matrix, per-class accuracy, grid."""
 
 import csv
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,12 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from test_pretrained import sample
 
 from fake_cifar import CIFAR10_NAMES
 from mobilenet.commands import main
 from mobilenet.commands.report import epoch_table
 from mobilenet.data.cifar import CIFARDataModule
 from mobilenet.data.cifar_files import read_split
+from mobilenet.data.images import read_image
+from mobilenet.deploy.artifacts import load
+from mobilenet.deploy.classifier import open_classifier
+from mobilenet.shipped import shipped_path
 from mobilenet.training.module import MobileNetClassifier
 
 MOBILENET = str(Path(sys.executable).parent / "mobilenet")
@@ -128,3 +135,35 @@ def test_temperature_scaling_finds_the_temperature_that_made_the_labels():
     assert fit_temperature(2 * true_logits, labels) == pytest.approx(2.0, rel=0.1)
     # A barely trained one, twenty times too unsure: its loss is nearly flat in T, and T is still found.
     assert fit_temperature(true_logits / 20, labels) == pytest.approx(1 / 20, rel=0.1)
+
+
+def test_calibrate_writes_a_new_model_with_the_fitted_temperature_and_keeps_the_original(in_tmp, capsys):
+    source = in_tmp / "shipped.safetensors"
+    shutil.copy(shipped_path("cifar10"), source)
+    before = source.read_bytes()
+    root = in_tmp / "images"
+    files, truth = sample()
+    for split in ("train", "val_pool"):
+        for path, label in zip(files, truth, strict=True):
+            (root / "test" / label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, root / "test" / label / f"{split}_{path.name}")  # 40 test images
+            (root / "train" / label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, root / "train" / label / path.name)
+    args = ["report", "--ckpt_path", str(source), "--data", "ImageFolderDataModule", "--data.root", str(root),
+            "--out", "report", "--calibrate"]  # fmt: skip
+    main(args)
+    printed = capsys.readouterr().out
+    fitted = float(re.search(r"Temperature scaling: T = ([\d.]+) fitted on 20 of the images", printed).group(1))
+    calibrated = in_tmp / "shipped.calibrated.safetensors"
+    assert source.read_bytes() == before, "the model itself is never rewritten"
+    record = load(calibrated).metadata
+    assert record.temperature == pytest.approx(fitted, abs=5e-4) and record.temperature != 1.0
+    assert record.class_names == load(source).metadata.class_names
+    assert f"softmax(logits / {fitted:.3f})" in printed
+    # The new model's probabilities are the old logits divided by the fitted temperature.
+    images = torch.stack([read_image(path) for path in files])
+    logits = open_classifier(source).logits(images)
+    expected = (logits / record.temperature).softmax(dim=1)
+    assert torch.allclose(open_classifier(calibrated).probabilities(images), expected, atol=2e-3)
+    with pytest.raises(SystemExit, match="already exists and is kept"):  # a second run never overwrites it
+        main(args)

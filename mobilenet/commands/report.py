@@ -7,11 +7,16 @@ Writes into ``logs/<run>/eval/<checkpoint>/report/`` (or ``--out``):
     calibration.png                accuracy against confidence, and the expected calibration error
     per_class_accuracy.csv         on that split, one row per class
     <split>_predictions.png        8 of its images titled "label / prediction (confidence)"
+
+``--calibrate`` also writes the model with a fitted temperature in its record: a new safetensors file beside
+the model (``<name>.calibrated.safetensors``, or ``--calibrated_output``), never over it. Every command then
+gives softmax(logits / T) as that model's probabilities.
 """
 
 import csv
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -19,8 +24,9 @@ import torch
 
 from mobilenet import plots
 from mobilenet.commands.grammar import command_parser, import_class, parse, settle_model
-from mobilenet.deploy.artifacts import with_network
+from mobilenet.deploy.artifacts import Artifact, with_network
 from mobilenet.deploy.classifier import Classifier, open_classifier
+from mobilenet.deploy.export import check_output, export
 from mobilenet.errors import UsageError
 from mobilenet.files import check_writable, write_csv
 from mobilenet.training.runs import LOG_ROOT, evaluation_dir
@@ -31,6 +37,7 @@ LOGGED = {"train/loss": "train_loss", "val/loss": "val_loss", "val/acc": "val_ac
 VERSION = re.compile(r"version_(\d+)$")
 SPLITS = ("test", "val")
 CALIBRATION_BINS = 15
+MIN_CALIBRATION_IMAGES = 20
 
 
 def version_number(folder: Path) -> int:
@@ -135,11 +142,15 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 1 / ((low + high) / 2)
 
 
-def temperature_check(logits: torch.Tensor, labels: torch.Tensor) -> str:
+def temperature_check(logits: torch.Tensor, labels: torch.Tensor) -> tuple[Optional[float], str]:
     """Temperature scaling measured without fitting and scoring on the same images: T is fitted on the images at
-    even positions, the calibration error compared on those at odd positions."""
-    if len(labels) < 20:
-        return "Temperature scaling: too few images to fit and check a temperature (20 or more needed)."
+    even positions, the calibration error compared on those at odd positions. Returns T (None with too few
+    images) and a line that reports it."""
+    if len(labels) < MIN_CALIBRATION_IMAGES:
+        return None, (
+            f"Temperature scaling: too few images to fit and check a temperature ({MIN_CALIBRATION_IMAGES} or "
+            f"more needed)."
+        )
     fit, held = slice(0, None, 2), slice(1, None, 2)
     temperature = fit_temperature(logits[fit], labels[fit])
 
@@ -147,7 +158,7 @@ def temperature_check(logits: torch.Tensor, labels: torch.Tensor) -> str:
         confidence, predictions = (logits[held] / scale).softmax(dim=1).max(dim=1)
         return expected_calibration_error(confidence, predictions == labels[held])
 
-    return (
+    return temperature, (
         f"Temperature scaling: T = {temperature:.3f} fitted on {len(labels[fit])} of the images; on the other "
         f"{len(labels[held])}, expected calibration error {ece(1.0):.2%} at T = 1 and {ece(temperature):.2%} at "
         f"T = {temperature:.3f}."
@@ -162,9 +173,9 @@ def write_split_results(
     num_images: int,
     title: str,
     split: str,
-) -> tuple[list[Path], float, float, str]:
-    """The split's figures and tables; returns (files written, accuracy, expected calibration error, a line on
-    temperature scaling)."""
+) -> tuple[list[Path], float, float, tuple[Optional[float], str]]:
+    """The split's figures and tables; returns (files written, accuracy, expected calibration error, and the
+    fitted temperature with a line on it)."""
     logits = classifier.logits(images, progress=True)
     probabilities = (logits / classifier.metadata.temperature).softmax(dim=1)
     confidence, predictions = probabilities.max(dim=1)
@@ -206,10 +217,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Optional[str], default=None, help="folder for the report files")
     parser.add_argument("--num_images", type=int, default=8, help="images in the picture grid (default 8)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="also write the model with the temperature fitted on the split (<name>.calibrated.safetensors)",
+    )
+    parser.add_argument("--calibrated_output", type=Optional[str], default=None, help="where --calibrate writes")
     config, given = parse(parser, argv)
     if config.num_images < 1:
         raise UsageError(f"--num_images must be at least 1, got {config.num_images}.")
     source = settle_model(config, "report", given)
+    calibrated = calibrated_path(source.checkpoint, config.calibrated_output) if config.calibrate else None
+    if calibrated is not None:  # before any work: a refused output costs nothing
+        check_output(calibrated, source.checkpoint, overwrite=False, suffix=".safetensors")
     out = Path(config.out) if config.out else evaluation_dir(source.run_name, source.checkpoint) / "report"
     check_writable(out)
     logs = LOG_ROOT / source.run_name
@@ -221,7 +241,7 @@ def main(argv: list[str]) -> int:
         print(f"No training metrics of run '{source.run_name}' in {logs}: no curves drawn.")
     classifier = open_classifier(with_network(source.artifact), device=config.device)
     images, labels = split_images(config.data, config.split)
-    files, accuracy, ece, calibration_note = write_split_results(
+    files, accuracy, ece, (temperature, calibration_note) = write_split_results(
         classifier, images, labels, out, config.num_images, source.run_name, config.split
     )
     written += files
@@ -233,4 +253,26 @@ def main(argv: list[str]) -> int:
     print(calibration_note)
     for path in written:
         print(f"Wrote {path}")
+    if calibrated is not None:
+        write_calibrated(source.artifact, temperature, len(labels), config.split, calibrated)
     return 0
+
+
+def calibrated_path(model: Path, output: Optional[str]) -> Path:
+    """Where ``--calibrate`` writes: ``--calibrated_output``, else ``<model name>.calibrated.safetensors`` beside it."""
+    return Path(output) if output else model.with_name(f"{model.name.split('.')[0]}.calibrated.safetensors")
+
+
+def write_calibrated(artifact: Artifact, temperature: Optional[float], images: int, split: str, output: Path) -> None:
+    """The model again, as safetensors, with ``temperature`` in its record (float16 weights if the source had)."""
+    if temperature is None:
+        raise UsageError(
+            f"--calibrate needs {MIN_CALIBRATION_IMAGES} or more images to fit a temperature; the {split} split has "
+            f"{images}. Nothing was written: calibrate on a larger split (--split val with a larger --data.val_size)."
+        )
+    half = (artifact.metadata.export or {}).get("dtype") == "float16"
+    built = with_network(artifact)
+    recalibrated = replace(built, metadata=replace(built.metadata, temperature=temperature))
+    for line in export(recalibrated, "safetensors", output, half=half):
+        print(line)
+    print(f"The model in {output} gives softmax(logits / {temperature:.3f}) as its probabilities in every command.")
