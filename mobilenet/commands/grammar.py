@@ -51,6 +51,9 @@ CHECKPOINT_DEFAULTS = {
 # Data settings that define what a checkpoint was trained and validated on: evaluating or resuming it with
 # other values would measure something else, or validate on training images.
 TASK_DATA = ("resolution", "val_size", "split_seed")
+# Data settings a file's record never decides, whatever it says: integrity checks, downloads and the folders
+# written or cleaned up. They come from the user's command and configs (or the defaults) only.
+USER_ONLY_DATA = ("verify", "download", "cache_dir")
 RUN_NAME_HELP = (
     "Experiment name: checkpoints go to checkpoints/<run_name>/, logs to logs/<run_name>/. Default: the first "
     "--config file's name, else the name recorded in --ckpt_path's checkpoint, else 'default'."
@@ -319,8 +322,8 @@ def adopt_data(config: Namespace, artifact: Artifact, given_config: Optional[Nam
     )
     notes = []
     for key, value in trained.items():
-        if key not in defaults or (key in given and key not in TASK_DATA):
-            continue  # an argument this class does not take, or one the config gives
+        if key not in defaults or key in USER_ONLY_DATA or (key in given and key not in TASK_DATA):
+            continue  # an argument this class does not take, one a record never sets, or one the config gives
         if not same_kind(value, defaults[key]):
             raise UsageError(
                 f"'{artifact.path}' records the data setting {key}={value!r}, which is not a "
@@ -330,6 +333,8 @@ def adopt_data(config: Namespace, artifact: Artifact, given_config: Optional[Nam
         if key in given and plain(given[key]) != plain(value):
             notes.append(f"data.{key}={value} (given: {given[key]})")
         merged[key] = value
+    if "data_dir" in trained and "data_dir" not in given and "download" not in given and "download" in merged:
+        merged["download"] = False  # a folder a record names is read, never downloaded into unless asked
     data.init_args = Namespace(
         **{key: tuple(value) if key in ("mean", "std") else value for key, value in merged.items()}
     )

@@ -140,18 +140,57 @@ def extract(archive: Path, root: Path, spec: CifarSpec) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+# The only globals the official CIFAR pickles (and copies written the same way with numpy) refer to: numpy's
+# array reconstruction and dtypes, and the codec that protocol-2 pickles use for bytes. Nothing else is loaded.
+CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global outside ``CIFAR_GLOBALS``."""
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler of plain data: dicts, lists, strings, bytes, numbers and numpy arrays; any other global a file
+    names (``os.system``, a class with a ``__reduce__``) is refused before it is imported, so no file runs code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in CIFAR_GLOBALS:
+            raise RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def load_pickle(path: Path, spec: CifarSpec) -> dict:
-    # latin1 reads the original Python 2 pickles with str keys, as torchvision does. These files are pickles:
-    # only load archives you trust (the md5 check above guards the official ones).
+    # latin1 reads the original Python 2 pickles with str keys, as torchvision does. CifarUnpickler reads data
+    # only, so even an unverified file (--data.verify false) cannot run code.
     try:
         with open(path, "rb") as file:
-            return pickle.load(file, encoding="latin1")
-    except Exception as err:  # EOFError when truncated, UnpicklingError / ValueError when garbled
+            return CifarUnpickler(file, encoding="latin1").load()
+    except RefusedGlobal as err:
         raise UsageError(
-            f"'{path}' could not be read ({type(err).__name__}: {err}): it is truncated or corrupt. Replace it with "
-            f"the file from the official {spec.title} archive ({spec.source.url}), or delete '{path.parent}' so "
-            f"that the archive is extracted again."
+            f"'{path}' holds Python objects other than arrays, lists, dicts, strings and numbers ({err}); it is "
+            f"not loaded, because unpickling such objects can run code. The official {spec.title} files never "
+            f"contain them: replace it with the file from the official archive ({spec.source.url})."
         ) from err
+    except Exception as err:  # EOFError when truncated, ValueError when garbled
+        raise corrupt(path, spec, err) from err
+
+
+def corrupt(path: Path, spec: CifarSpec, err: BaseException) -> UsageError:
+    return UsageError(
+        f"'{path}' could not be read ({type(err).__name__}: {err}): it is truncated or corrupt. Replace it with "
+        f"the file from the official {spec.title} archive ({spec.source.url}), or delete '{path.parent}' so "
+        f"that the archive is extracted again."
+    )
 
 
 def read_split(folder: Path, dataset: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
