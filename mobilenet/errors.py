@@ -1,4 +1,4 @@
-"""The one exception type for mistakes a user can fix: the CLI prints its message without a traceback."""
+"""The exception types the CLI turns into one line: mistakes a user can fix, and a stop asked for by a signal."""
 
 
 class UsageError(ValueError):
@@ -7,3 +7,14 @@ class UsageError(ValueError):
     It is a ``ValueError`` so that Python callers can catch it the way they catch torchvision's own
     argument errors.
     """
+
+
+class Interrupted(BaseException):
+    """A command stopped by SIGTERM or SIGINT before it finished; the CLI says so and exits with 128 + the signal.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so that no ``except Exception`` on the way swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import small_run_args
+from conftest import REPO, small_run_args
 from fake_cifar import write_cifar10
 from fake_images import write_image_folder
 from mobilenet.commands import main
@@ -167,8 +167,8 @@ def test_nothing_a_checkpoint_names_is_imported_and_no_code_in_it_runs(in_tmp, c
     torch.save({**checkpoint, "extra": RunsCode()}, in_tmp / "runs-code.ckpt")
     env = {**os.environ, "PYTHONPATH": str(in_tmp)}
     for name in ("names-code.ckpt", "names-data-code.ckpt", "runs-code.ckpt"):
-        result = subprocess.run([MOBILENET, "test", "--ckpt_path", name, *QUIET], cwd=in_tmp, env=env,
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        command = [MOBILENET, "test", "--ckpt_path", name, "--data.verify", "false", *QUIET]
+        result = subprocess.run(command, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=300)
         assert "Traceback" not in result.stderr, result.stderr
         assert not (in_tmp / "planted-module-ran").exists(), f"{name}: a module it names was imported"
         assert not (in_tmp / "pickled-code-ran").exists(), f"{name}: code pickled in it ran"
@@ -302,3 +302,30 @@ def test_only_the_first_process_of_a_launch_takes_the_run_lock(monkeypatch):
         monkeypatch.setenv(variable, value)
         assert is_launching_process() is first
         monkeypatch.delenv(variable)
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_an_evaluation_stopped_by_a_signal_says_so_exits_143_and_writes_no_result(
+    command, finished_run, in_tmp, capsys
+):
+    checkpoint = finished_run / "checkpoints" / "cifar10" / "last.ckpt"
+    with pytest.raises(SystemExit) as stopped:
+        main([command, "--ckpt_path", str(checkpoint), "--data.verify", "false", *QUIET,
+              "--trainer.callbacks+=signal_sender.SignalDuringEvaluation"])  # fmt: skip
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert f"mobilenet {command}: stopped by SIGTERM before it finished" in capsys.readouterr().err
+    written = [path.name for path in (in_tmp / "logs").rglob("*") if path.is_file()]
+    assert "metrics.csv" not in written and "predictions.csv" not in written
+
+
+def test_classify_stopped_by_a_signal_says_so_instead_of_a_traceback(in_tmp, monkeypatch, capsys):
+    import os
+
+    from mobilenet.commands import classify
+
+    monkeypatch.setattr(classify, "read_image", lambda path: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(SystemExit) as stopped:
+        main(["classify", str(REPO / "tests" / "assets" / "cifar10_sample")])
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert "mobilenet classify: stopped by SIGINT before it finished" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was

@@ -8,12 +8,14 @@ paragraph without a traceback, and the command exits with status 1.
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 import warnings
 from typing import Optional
 
 from mobilenet import __version__
-from mobilenet.errors import UsageError
+from mobilenet.errors import Interrupted, UsageError
 
 # name: (module, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -89,14 +91,42 @@ def run(argv: list[str], command_line: bool = False) -> Optional[int]:
     return module.main(rest)
 
 
+def raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise ``Interrupted`` wherever the command is (Lightning calls this handler after its
+    own during evaluation; ``fit``'s ``Preemption`` callback replaces it while training, to save first)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, raise_interrupted)
+
+
 def main(args: Optional[list[str]] = None) -> None:
     quiet_known_warnings()
+    argv = sys.argv[1:] if args is None else list(args)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    stop_on_signals()
     try:
-        code = run(sys.argv[1:] if args is None else list(args), command_line=args is None)
+        code = run(argv, command_line=args is None)
+    except Interrupted as stop:
+        name, command = signal.Signals(stop.signum).name, argv[0] if argv else "mobilenet"
+        print(
+            f"mobilenet {command}: stopped by {name} before it finished, so it gives no result; every file it had "
+            f"written is complete, and nothing is half-written.",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(128 + stop.signum)
     except ValueError as err:  # UsageError is a ValueError
         usage_error = usage_error_in(err)
         if usage_error is None:
             raise
         sys.exit(f"mobilenet: error: {usage_error}")
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     if code:
         sys.exit(code)

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from mobilenet.commands.grammar import command_parser, parse, settle
+from mobilenet.commands.grammar import command_parser, given_at, parse, settle
 from mobilenet.model import MobileNetV1
 
 # The paper's Table 2 rows, in its order.
@@ -125,6 +125,9 @@ def main(argv: list[str]) -> int:
         # Built as fit builds it: the DataModule gives the class count (a CIFAR-100 config, a folder's classes).
         built = parser.instantiate_classes(config)
         net, resolution = built.model.net, built.data.resolution
+        given_classes = given_at(given, "model.net.init_args").get("num_classes")
+        if given_classes is not None and given_classes != net.arguments["num_classes"]:  # the paper's 1000, say
+            net = MobileNetV1(**{**net.arguments, "num_classes": given_classes})
     stem = "stride-2 stem" if net.features[0][0].stride == (2, 2) else "stride-1 stem"
     width = net.arguments["width_mult"]
     print(f"MobileNetV1 α={width:g}, {resolution}×{resolution} input, {stem}, {net.classifier.out_features} classes")
