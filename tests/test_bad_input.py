@@ -307,6 +307,11 @@ def export_below_a_file(cifar10_dir, tmp):
     return ["export", "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--format", "onnx", "--output", output]
 
 
+def export_onnx_named_pth(cifar10_dir, tmp):
+    output = str(tmp / "model.pth")
+    return ["export", "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--format", "onnx", "--output", output]
+
+
 def export_onto_an_existing_file(cifar10_dir, tmp):
     (tmp / "model.onnx").write_text("an earlier export")
     output = str(tmp / "model.onnx")
@@ -483,6 +488,14 @@ MATRIX = [
     ("checkpoints not writable", not_writable("checkpoints"), ["'checkpoints' is not writable"]),
     ("export over its checkpoint", export_over_its_checkpoint, ["is the file being exported"]),
     ("export into a folder", export_into_a_folder, ["is a folder; give a file name"]),
+    (
+        "export ONNX named .pth",
+        export_onnx_named_pth,
+        [
+            "ends in '.pth', the suffix of state_dict exports, but --format onnx writes a .onnx file",
+            "Name it model.onnx",
+        ],
+    ),
     ("export below a file", export_below_a_file, ["file' is a file, not a folder"]),
     ("export onto an existing file", export_onto_an_existing_file, ["already exists and is kept", "--overwrite"]),
     ("import over a run's checkpoint", import_over_a_runs_checkpoint, ["last.ckpt' already exists and is kept"]),

@@ -159,3 +159,9 @@ def test_exports_never_replace_the_checkpoint_or_an_existing_file(checkpoint, tm
             main(["export", "--ckpt_path", str(checkpoint), "--format", "onnx", "--output", str(output)])
         assert problem in str(exit_.value.code) and "\n" not in str(exit_.value.code)
     assert existing.read_text() == "keep me"
+
+
+def test_an_output_without_a_suffix_gets_its_formats_and_reads_back(checkpoint, in_tmp, capsys):
+    main(["export", "--ckpt_path", str(checkpoint), "--format", "onnx", "--output", "model"])
+    assert "Wrote model.onnx" in capsys.readouterr().out
+    assert load(in_tmp / "model.onnx").kind == "onnx" and not (in_tmp / "model").exists()

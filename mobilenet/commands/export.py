@@ -28,6 +28,8 @@ def main(argv: list[str]) -> int:
     config, given = parse(parser, argv)
     source = settle_model(config, "export", given)
     output = Path(config.output) if config.output else source.checkpoint.with_suffix(FORMATS[config.format])
+    if not output.suffix and not output.is_dir():  # `--output model`: the format's own suffix is added
+        output = output.with_name(output.name + FORMATS[config.format])
     lines = export(
         with_network(source.artifact), config.format, output, fold=not config.no_fold, half=config.half,
         overwrite=config.overwrite,

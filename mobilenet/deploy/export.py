@@ -120,6 +120,7 @@ def export(
     if half and fmt not in ("safetensors", "state_dict"):
         raise UsageError("--half stores float16 weights; it applies to --format safetensors or state_dict only.")
     check_output(output, source.path, overwrite, FORMATS[fmt])
+    check_suffix(output, fmt)
     if fmt == "onnx":  # before any work, so that a missing package is the first thing said
         require("onnx"), require("onnxscript"), require("onnxruntime")
     net = source.network
@@ -183,6 +184,19 @@ def export(
         shutil.rmtree(staging, ignore_errors=True)
     report.append(f"Wrote {output} ({output.stat().st_size / 1e6:.1f} MB) and its record {sidecar_path(output)}.")
     return report
+
+
+def check_suffix(output: Path, fmt: str) -> None:
+    """Every reader tells a file's kind by its suffix first: an export must carry its format's own."""
+    suffix = FORMATS[fmt]
+    if output.suffix.lower() != suffix:
+        others = {ending: name for name, ending in FORMATS.items()}
+        said = f", the suffix of {others[output.suffix.lower()]} exports" if output.suffix.lower() in others else ""
+        raise UsageError(
+            f"--output '{output}' ends in '{output.suffix}'{said}, but --format {fmt} writes a {suffix} file, and "
+            f"every reader tells a file's kind by its suffix. Name it {output.with_suffix(suffix).name}, or choose the "
+            f"--format that suffix means. Nothing was written."
+        )
 
 
 def check_output(output: Path, source: Path, overwrite: bool, suffix: str = "") -> None:
