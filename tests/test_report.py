@@ -168,3 +168,18 @@ def test_calibrate_writes_a_new_model_with_the_fitted_temperature_and_keeps_the_
     assert torch.allclose(open_classifier(calibrated).probabilities(images), expected, atol=2e-3)
     with pytest.raises(SystemExit, match="already exists and is kept"):  # a second run never overwrites it
         main(args)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["1,9,0.2,2.1", "1,9,0.2,abc,,0.001,,,", "\0\0\0\0\0\0\0\0\0\0\0\0", "1,9,0.2,2.10,,0.001,,,,,,,"],
+    ids=["half-written last row", "a value that is not a number", "NUL bytes after a power loss", "extra cells"],
+)
+def test_curves_skip_rows_that_cannot_be_read_and_say_so(tmp_path, capsys, damage):
+    header = "epoch,step,train/acc,train/loss,train/loss_step,train/lr,val/acc,val/acc_best,val/loss\n"
+    (tmp_path / "version_0").mkdir()
+    (tmp_path / "version_0" / "metrics.csv").write_text(header + "0,4,0.1,2.30,,0.001,,,\n0,4,,,,,0.20,0.20,2.20\n"
+                                                        + damage)  # fmt: skip
+    table = epoch_table(tmp_path)
+    assert table["epoch"] == [0] and table["train_loss"] == [2.30] and table["val_acc"] == [0.20]
+    assert "Skipped 1 unreadable row of" in capsys.readouterr().out

@@ -48,30 +48,57 @@ def version_number(folder: Path) -> int:
 def epoch_table(logs: Path) -> dict[str, list[float]]:
     """One row per epoch from every fit session's metrics.csv; a later session wins for the same epoch.
 
-    Sessions of validate/test/predict (no train/loss column) are left out.
+    Sessions of validate/test/predict (no train/loss column) are left out. Rows that cannot be read (a
+    half-written last row after a power loss, NUL bytes, a value that is not a number) are skipped, and one
+    line says how many, from which file.
     """
     by_epoch: dict[int, dict[str, float]] = {}
     for version in sorted(logs.glob("version_*"), key=version_number):
         metrics = version / "metrics.csv"
         if not metrics.is_file():
             continue
-        with open(metrics) as file:
-            reader = csv.DictReader(file)
-            if "train/loss" not in (reader.fieldnames or ()):
-                continue
-            for row in reader:
-                if not row.get("epoch"):
+        skipped = 0
+        try:
+            with open(metrics, newline="", errors="replace") as file:
+                reader = csv.DictReader(file)
+                if "train/loss" not in (reader.fieldnames or ()):
                     continue
-                epoch = by_epoch.setdefault(int(row["epoch"]), {})
-                for logged, column in LOGGED.items():
-                    if row.get(logged):
-                        epoch[column] = float(row[logged])
+                for row in reader:
+                    try:
+                        values = metric_row(row)
+                    except (TypeError, ValueError):
+                        skipped += 1
+                        continue
+                    if values is not None:
+                        epoch, logged = values
+                        by_epoch.setdefault(epoch, {}).update(logged)
+        except (OSError, csv.Error) as err:
+            print(f"Could not read {metrics} ({type(err).__name__}: {err}); its epochs are left out of the curves.")
+            continue
+        if skipped:
+            print(
+                f"Skipped {skipped} unreadable row{'s' if skipped > 1 else ''} of {metrics} (half-written or edited)."
+            )
     table: dict[str, list[float]] = {column: [] for column in CURVE_COLUMNS}
     for epoch in sorted(by_epoch):
         table["epoch"].append(epoch)
         for column in CURVE_COLUMNS[1:]:
             table[column].append(by_epoch[epoch].get(column, math.nan))
     return table
+
+
+def metric_row(row: dict) -> Optional[tuple[int, dict[str, float]]]:
+    """(epoch, {curve column: value}) of one metrics.csv row, None for a row without an epoch; ValueError or
+    TypeError for a row that is not whole (missing cells come back as None, extra ones under the key None)."""
+    if None in row or None in row.values():
+        raise ValueError("a row with too few or too many cells")
+    if not row.get("epoch"):
+        return None
+    epoch = int(row["epoch"])
+    logged = {column: float(row[name]) for name, column in LOGGED.items() if row.get(name)}
+    if epoch < 0:
+        raise ValueError("an epoch below 0")
+    return epoch, logged
 
 
 def write_curves(table: dict[str, list[float]], out: Path, title: str) -> list[Path]:
