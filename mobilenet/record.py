@@ -36,6 +36,8 @@ SCHEMA_VERSION = 1
 # The DataModules a record may name for evaluation from the checkpoint alone; another class path in a file is
 # never imported (the user can name it with --data, which is their own choice of code to run).
 DATA_CLASSES = ("mobilenet.data.CIFARDataModule", "mobilenet.data.ImageFolderDataModule")
+# The smallest normalisation std a record may give (pixels in [0, 1] divided by it stay finite and meaningful).
+MIN_STD = 1e-3
 # How torch's weights_only loader names an object it refuses ("Unsupported global: GLOBAL os.system").
 UNSAFE_OBJECT = "Unsupported global:"
 
@@ -101,8 +103,8 @@ class Metadata:
             values = record.get(key, CIFAR10_MEAN if key == "mean" else CIFAR10_STD)
             if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(finite(v) for v in values):
                 raise bad(f"'{key}' must be three finite numbers, got {values!r}")
-        if min(record.get("std", CIFAR10_STD)) <= 0:
-            raise bad("'std' must be positive")
+        if min(record.get("std", CIFAR10_STD)) < MIN_STD:
+            raise bad(f"'std' must be at least {MIN_STD:g}: a smaller one turns every pixel into infinity")
         data = record.get("data")
         if data is not None and not (
             isinstance(data, dict)
@@ -216,6 +218,15 @@ def build_network(metadata: Metadata, weights: dict[str, torch.Tensor], where: s
     if strange:
         raise UsageError(
             f"'{where}' holds entries that are not named tensors where weights belong: {', '.join(strange[:5])}."
+        )
+    not_finite = [
+        key for key, value in weights.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if not_finite:
+        raise UsageError(
+            f"'{where}' holds weights that are not finite numbers (NaN or infinity in {', '.join(not_finite[:3])}"
+            f"{' ...' if len(not_finite) > 3 else ''}): its answers would be meaningless. The training that wrote "
+            f"it diverged, or the file was damaged; use an earlier checkpoint."
         )
     net = MobileNetV1(**metadata.network)
     own = net.state_dict()

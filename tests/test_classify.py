@@ -143,3 +143,40 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(tmp_path):
     assert pixels.dtype == torch.uint8 and pixels.shape == (3, 8, 8)
     assert torch.equal(pixels[0], pixels[2]) and int(pixels.min()) == 0
     assert int(pixels.max()) == 255  # 65520 of 65535 is 254.94 of 255, rounded
+
+
+def test_a_pipe_named_like_an_image_is_refused_without_hanging(in_tmp, capsys):
+    import os
+
+    fifo = in_tmp / "x.png"
+    os.mkfifo(fifo)
+    with pytest.raises(SystemExit):
+        main(["classify", str(fifo)])
+    assert "x.png' is not a regular file (a pipe, socket or device)" in capsys.readouterr().err
+
+
+def test_classify_into_a_closed_pipe_ends_quietly(tmp_path):
+    sample = Path(__file__).parent / "assets" / "cifar10_sample"
+    command = f"'{sys.executable}' -m mobilenet classify '{sample}' | head -1"
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert len(done.stdout.splitlines()) == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_weights_that_are_not_finite_are_refused_with_a_sentence(checkpoint, tmp_path, capsys):
+    saved = torch.load(checkpoint, weights_only=True)
+    key = next(k for k in saved["state_dict"] if k.startswith("net.classifier.weight"))
+    saved["state_dict"][key][0, 0] = float("nan")
+    torch.save(saved, tmp_path / "diverged.ckpt")
+    with pytest.raises(SystemExit) as refused:
+        main(["classify", str(Path(__file__).parent / "assets" / "cifar10_sample"), "--ckpt_path",
+              str(tmp_path / "diverged.ckpt")])  # fmt: skip
+    assert "holds weights that are not finite numbers (NaN or infinity in classifier.weight)" in str(refused.value.code)
+
+
+def test_a_record_whose_std_would_make_every_pixel_infinite_is_refused(checkpoint):
+    from mobilenet.errors import UsageError
+    from mobilenet.record import Metadata
+
+    record = torch.load(checkpoint, weights_only=True)["mobilenet"]
+    with pytest.raises(UsageError, match="'std' must be at least 0.001"):
+        Metadata.from_dict({**record, "std": [1e-40, 0.2, 0.2]}, "crafted.ckpt")

@@ -8,6 +8,7 @@ paragraph without a traceback, and the command exits with status 1.
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -110,6 +111,10 @@ def main(args: Optional[list[str]] = None) -> None:
     stop_on_signals()
     try:
         code = run(argv, command_line=args is None)
+        sys.stdout.flush()  # inside the try: a reader that closed the pipe is seen here, not at exit
+    except BrokenPipeError:  # `mobilenet classify ... | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to write at exit
+        sys.exit(128 + signal.SIGPIPE)
     except Interrupted as stop:
         name, command = signal.Signals(stop.signum).name, argv[0] if argv else "mobilenet"
         print(

@@ -60,6 +60,8 @@ def read_image(path: Path) -> torch.Tensor:
     """
     if path.is_dir():
         raise UsageError(f"The folder '{path}' holds no {', '.join(EXTENSIONS)} files.")
+    if path.exists() and not path.is_file():  # a FIFO, a socket or a device would block or never end
+        raise UsageError(f"'{path}' is not a regular file (a pipe, socket or device), so it is not read as an image.")
     try:
         with Image.open(path) as image:
             image.load()  # decodes now: a truncated file fails here, not later
