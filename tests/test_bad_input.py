@@ -363,6 +363,36 @@ def summary_at_resolution_zero(cifar10_dir, tmp):
     return ["summary", "--data.resolution", "0"]
 
 
+def config_file(text: str | bytes):
+    def make(cifar10_dir, tmp):
+        path = tmp / "config.yaml"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return ["summary", "--config", str(path)]
+
+    return make
+
+
+def checkpoint_as_config(cifar10_dir, tmp):
+    return ["summary", "--config", "checkpoints/cifar10/last.ckpt"]
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdefg", "bcdefgh", strict=True)
+)
+
+
+def negative_epochs(cifar10_dir, tmp):
+    return ["fit", *small_run_args(cifar10_dir), "--trainer.max_epochs", "-5", "--run_name", "negative"]
+
+
+def optimiser_that_runs_a_command(cifar10_dir, tmp):
+    config = tmp / "evil.yaml"
+    config.write_text(
+        f"model:\n  optimizer:\n    class_path: os.system\n    init_args:\n      command: touch {tmp / 'code-ran'}\n"
+    )
+    return ["fit", *small_run_args(cifar10_dir), "--config", str(config), "--run_name", "evil"]
+
+
 def one_class_folder(cifar10_dir, tmp):
     root = write_image_folder(tmp / "images")
     for name in ("bird", "dog"):
@@ -507,6 +537,17 @@ MATRIX = [
     ("classify grid that is no PNG", classify_grid_that_is_no_png, ["--grid writes a PNG picture"]),
     ("classify top 0", classify_top_zero, ["--topk must be at least 1, got 0"]),
     ("report without images", report_without_images, ["--num_images must be at least 1, got 0"]),
+    ("empty config", config_file(""), ["is empty: give a YAML mapping"]),
+    ("binary config", config_file(bytes(range(256))), ["is not a text file (byte 128 is not UTF-8)"]),
+    ("checkpoint as config", checkpoint_as_config, ["is not a text file", "goes to --ckpt_path instead"]),
+    ("config that is a list", config_file("- 1\n- 2\n"), ["holds a list, not a mapping of settings"]),
+    ("YAML alias bomb", config_file(ALIAS_BOMB), ["expands to more than 100,000 values"]),
+    ("max_epochs -5", negative_epochs, ["`max_epochs` must be a non-negative integer or -1. You passed in -5."]),
+    (
+        "optimiser os.system",
+        optimiser_that_runs_a_command,
+        ["model.optimizer names os.system, which is not an optimiser"],
+    ),
     ("summary at resolution 0", summary_at_resolution_zero, ["resolution must be between 1 and 1024 pixels, got 0"]),
 ]
 # Cases about permissions run as a separate process without the capabilities that let root write anywhere

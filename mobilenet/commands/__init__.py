@@ -82,8 +82,9 @@ def run(argv: list[str], command_line: bool = False) -> Optional[int]:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         top_level_parser().error(f"'{command}' is not a command; choose one of {', '.join(COMMANDS)}.")
-    from mobilenet.commands.grammar import check_data_choice
+    from mobilenet.commands.grammar import check_config_files, check_data_choice
 
+    check_config_files(rest)
     check_data_choice(rest)
     module = importlib.import_module(COMMANDS[command][0])
     if command in LIGHTNING_COMMANDS:
@@ -129,6 +130,10 @@ def main(args: Optional[list[str]] = None) -> None:
         if usage_error is None:
             raise
         sys.exit(f"mobilenet: error: {usage_error}")
+    except Exception as err:
+        if type(err).__name__ != "MisconfigurationException":  # Lightning's sentence about a Trainer setting
+            raise
+        sys.exit(f"mobilenet: error: {str(err).strip()}")
     finally:
         if threading.current_thread() is threading.main_thread():
             for signum, handler in previous.items():

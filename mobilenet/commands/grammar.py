@@ -66,6 +66,92 @@ CKPT_HELP = (
 )
 
 
+# A config is a few hundred lines; one that expands to more values than this is a YAML alias bomb, not a recipe.
+MAX_CONFIG_VALUES = 100_000
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Each ``--config`` file is a readable YAML mapping of a sane size, checked before jsonargparse reads it
+    (which would show a UnicodeDecodeError traceback for a binary file or a checkpoint, an empty message for an
+    empty file, and expand a YAML alias bomb until memory runs out)."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        name = arg.split("=", 1)[1] if arg.startswith(("--config=", "-c=")) else None
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            name = argv[i + 1]
+        if name is None or name.lstrip().startswith("{") or not Path(name).is_file():
+            continue  # an inline config, or a missing file (jsonargparse names it)
+        path = Path(name)
+        try:
+            text = path.read_text(encoding="utf-8")
+            content = yaml.safe_load(text)
+        except UnicodeDecodeError as err:
+            raise UsageError(
+                f"--config '{path}' is not a text file (byte {err.start} is not UTF-8): a config is YAML. A checkpoint "
+                f"or model file goes to --ckpt_path instead."
+            ) from err
+        except yaml.YAMLError as err:
+            raise UsageError(f"--config '{path}' is not valid YAML ({str(err).splitlines()[0]}).") from err
+        if content is None:
+            raise UsageError(f"--config '{path}' is empty: give a YAML mapping such as configs/cifar10.yaml holds.")
+        if not isinstance(content, dict):
+            raise UsageError(
+                f"--config '{path}' holds a {type(content).__name__}, not a mapping of settings such as "
+                f"configs/cifar10.yaml holds."
+            )
+        if count_values(content, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+            raise UsageError(
+                f"--config '{path}' expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeated inside "
+                f"each other): it is not a recipe, and it was not read further."
+            )
+
+
+def count_values(value: Any, limit: int) -> int:
+    """The number of values ``value`` holds once YAML aliases are expanded, counting no further than ``limit``."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def check_optimiser_classes(model: Namespace) -> None:
+    """``model.optimizer`` and ``model.lr_scheduler`` name classes of those kinds. A config names classes to
+    build, as a script would (docs/reliability.md): this keeps a slip, or ``os.system``, from being called."""
+    import torch
+
+    kinds = {
+        "optimizer": (
+            torch.optim.Optimizer,
+            "an optimiser (a subclass of torch.optim.Optimizer, e.g. torch.optim.SGD)",
+        ),
+        "lr_scheduler": (
+            torch.optim.lr_scheduler.LRScheduler,
+            "a learning-rate scheduler (a subclass of torch.optim.lr_scheduler.LRScheduler, e.g. "
+            "torch.optim.lr_scheduler.OneCycleLR)",
+        ),
+    }
+    for key, (base, wanted) in kinds.items():
+        chosen = model.get(key) if model is not None else None
+        class_path = chosen.get("class_path") if isinstance(chosen, Namespace) else None
+        if not class_path:
+            continue
+        try:
+            found = import_class(class_path)
+        except (ImportError, AttributeError, ValueError):
+            found = None
+        if not (isinstance(found, type) and issubclass(found, base)):
+            raise UsageError(
+                f"model.{key} names {class_path}, which is not {wanted}; nothing was built or called. A config "
+                f"names classes to build, like a script: read one from elsewhere before you use it."
+            )
+
+
 def check_data_choice(argv: list[str]) -> None:
     """``--data NAME`` must name one of the DataModules (jsonargparse's own message does not list them), and an
     image-folder option needs ``--data ImageFolderDataModule`` (CIFAR is the default and has no such option)."""

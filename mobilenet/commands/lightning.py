@@ -21,6 +21,7 @@ from mobilenet.commands.grammar import (
     Settled,
     add_checkpoint_argument,
     add_config_arguments,
+    check_optimiser_classes,
     evaluation_loggers,
     given_values,
     settle,
@@ -84,6 +85,7 @@ class MobileNetCLI(LightningCLI):
         if not command:
             return
         config = self.config[command]
+        check_optimiser_classes(config.get("model"))
         given = given_values(parser, args, command)
         self.settled = settle(config, command, default_ckpt=None if command == "fit" else "best", given=given)
         self.weights = check_trainer_source(self.settled, command)
