@@ -8,14 +8,20 @@ in the destination's suffix, so it is never taken for a checkpoint, an export or
 
 import contextlib
 import csv
+import errno
 import io
 import os
+import shutil
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Sequence
 
 from mobilenet.errors import UsageError
 
 PARTIAL_MARK = ".partial-"
+# Errors that mean the disk (or the user's quota) is full, and free space below which a failed write is taken
+# for one.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_BYTES = 64 * 2**20
 
 
 def shown(path: str | Path) -> str:
@@ -48,6 +54,14 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
+    except RuntimeError as err:
+        partial.unlink(missing_ok=True)
+        if "file write failed" not in str(err) and "PytorchStreamWriter" not in str(err):
+            raise
+        # torch.save's zip writer reports a failed write as a RuntimeError: the OSError it stands for.
+        full = shutil.disk_usage(path.parent).free < DISK_FULL_BYTES
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from err
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

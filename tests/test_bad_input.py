@@ -647,3 +647,39 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoints(workdir, cifar1
     assert all(after[path] == digest for path, digest in before.items()), "a checkpoint was damaged"
     assert {p for p in after if p.startswith("checkpoints")} == {p for p in before if p.startswith("checkpoints")}
     assert not list(workdir.rglob(f"*{PARTIAL_MARK}*")), "a partly written file was left behind"
+
+
+TORCH_WRITE_FAILED = (
+    "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed"
+)
+
+
+def a_full_disk(monkeypatch) -> None:
+    """torch.save fails the way it does when the disk fills up, and the disk reports almost no free space."""
+    import mobilenet.files
+
+    def fails_to_write(obj, file, *args, **kwargs):
+        file.write(b"PK\x03\x04 the first bytes")
+        raise RuntimeError(TORCH_WRITE_FAILED)
+
+    monkeypatch.setattr(torch, "save", fails_to_write)
+    monkeypatch.setattr(mobilenet.files.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+
+
+def test_a_full_disk_in_torchs_zip_writer_is_the_documented_sentence(workdir, cifar10_dir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "argv", ["mobilenet"])
+    before = snapshot(workdir)
+    a_full_disk(monkeypatch)
+    one_step = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
+    message = fails("fit", *small_run_args(cifar10_dir), "--ckpt_path", "last", "--trainer.max_epochs", "2",
+                    *one_step, capsys=capsys)  # fmt: skip
+    assert "Traceback" not in message and "inline_container" not in message
+    assert "Could not save the checkpoint" in message and "the disk is full" in message
+    output = workdir / "weights.pth"
+    message = fails("export", "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--format", "state_dict", "--output",
+                    str(output), capsys=capsys)  # fmt: skip
+    assert "could not write" in message and "the disk is full" in message and "Traceback" not in message
+    after = snapshot(workdir)
+    assert all(after[path] == digest for path, digest in before.items()) and not output.exists()
+    assert not list(workdir.rglob(f"*{PARTIAL_MARK}*")), "a partly written file was left behind"

@@ -17,6 +17,7 @@ from typing import Optional
 
 from mobilenet import __version__
 from mobilenet.errors import Interrupted, UsageError
+from mobilenet.files import DISK_FULL
 
 # name: (module, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -130,6 +131,15 @@ def main(args: Optional[list[str]] = None) -> None:
         if usage_error is None:
             raise
         sys.exit(f"mobilenet: error: {usage_error}")
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        where = f" '{err.filename}'" if err.filename else ""
+        sys.exit(
+            f"mobilenet: error: could not write{where}: the disk is full. Every file is written whole or not at "
+            f"all, so nothing is half-written and earlier files are unchanged; free some space and run the "
+            f"command again."
+        )
     except Exception as err:
         if type(err).__name__ != "MisconfigurationException":  # Lightning's sentence about a Trainer setting
             raise

@@ -1,7 +1,6 @@
 """Lightning's checkpoint I/O with atomic saves (``mobilenet.files.atomic_write``), weights-only loads, and
 errors a user can act on."""
 
-import errno
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -9,9 +8,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from mobilenet.errors import UsageError
-from mobilenet.files import atomic_write
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+from mobilenet.files import DISK_FULL, atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
