@@ -359,6 +359,15 @@ def report_without_images(cifar10_dir, tmp):
     return ["report", "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--num_images", "0"]
 
 
+def classify_on_device(device: str):
+    def make(cifar10_dir, tmp):
+        image = tmp / "x.png"
+        Image.new("RGB", (32, 32)).save(image)
+        return ["classify", str(image), "--ckpt_path", "checkpoints/cifar10/last.ckpt", "--device", device]
+
+    return make
+
+
 def summary_at_resolution_zero(cifar10_dir, tmp):
     return ["summary", "--data.resolution", "0"]
 
@@ -537,6 +546,8 @@ MATRIX = [
     ("classify grid that is no PNG", classify_grid_that_is_no_png, ["--grid writes a PNG picture"]),
     ("classify top 0", classify_top_zero, ["--topk must be at least 1, got 0"]),
     ("report without images", report_without_images, ["--num_images must be at least 1, got 0"]),
+    ("classify on mps", classify_on_device("mps"), ["--device mps: classification runs on cpu or cuda"]),
+    ("classify on meta", classify_on_device("meta"), ["--device meta: classification runs on cpu or cuda"]),
     ("empty config", config_file(""), ["is empty: give a YAML mapping"]),
     ("binary config", config_file(bytes(range(256))), ["is not a text file (byte 128 is not UTF-8)"]),
     ("checkpoint as config", checkpoint_as_config, ["is not a text file", "goes to --ckpt_path instead"]),

@@ -104,6 +104,8 @@ def check_device(device: str | torch.device) -> torch.device:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise UsageError(f"--device '{device}' is not a device name; use cpu, cuda or cuda:N.") from err
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device}: classification runs on cpu or cuda (cuda:N); use one of those.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device} asks for a CUDA GPU, but PyTorch sees none here; use --device cpu.")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
