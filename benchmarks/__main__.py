@@ -120,7 +120,8 @@ def report(result: dict) -> None:
             continue
         print(f"           {runtime:<20}{rows[bulk]:>14.0f}{1000 * latency / rows[latency]:>14.2f}")
     print(f"  onnxruntime / eager at batch {bulk} = {ratios['onnxruntime_over_eager_inference']:.2f}   "
-          f"bf16 / fp32 channels-last = {ratios['bf16_over_32_inference']:.2f}")  # fmt: skip
+          f"bf16 / fp32 channels-last = {ratios['bf16_over_32_inference']:.2f}   "
+          f"int8 / float32 ONNX Runtime = {ratios['int8_over_float_onnxruntime']:.2f}")  # fmt: skip
 
 
 def main(argv=None) -> dict:
@@ -148,6 +149,7 @@ def main(argv=None) -> dict:
             "lightning_over_raw": speed["lightning"] / speed["raw"],
             "bf16_over_32_fit": speed["lightning_bf16"] / speed["lightning"],
             "bf16_over_32_inference": bulk["channels_last_bf16"] / bulk["channels_last"],
+            "int8_over_float_onnxruntime": bulk["onnxruntime_int8"] / bulk["onnxruntime"],
             "batched_over_pil_augmentation": augmentation["batched_tensors"]["images_per_second"]
             / augmentation["pil_per_image"]["images_per_second"],
             "onnxruntime_over_eager_inference": bulk["onnxruntime"] / bulk["eager"],

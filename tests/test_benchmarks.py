@@ -11,7 +11,10 @@ from mobilenet import MobileNetV1
 from mobilenet.commands.summary import count_costs
 
 # Every inference runtime the performance issue asks for, in the benchmark's order.
-ISSUE_RUNTIMES = ("eager", "channels_last", "channels_last_bf16", "bn_folded", "compiled", "torchscript", "onnxruntime")
+ISSUE_RUNTIMES = (
+    "eager", "channels_last", "channels_last_bf16", "bn_folded", "compiled", "torchscript", "onnxruntime",
+    "onnxruntime_int8",
+)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -70,7 +73,7 @@ def test_speed_benchmark_reports_every_contestant_ratio_and_the_machine(tmp_path
         "d/b (bf16-mixed",
         "bf16:",
     )
-    for label in (*labels, "b/a =", "per-image PIL", "onnxruntime", "bf16 / fp32 channels-last"):
+    for label in (*labels, "b/a =", "per-image PIL", "onnxruntime", "bf16 / fp32 channels-last", "int8 / float32"):
         assert label in result.stdout
 
 
