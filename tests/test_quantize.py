@@ -31,6 +31,9 @@ def test_int8_export_from_the_recorded_data_is_read_by_every_reader(checkpoint, 
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     int8, full = open_classifier(output), open_classifier(float_file)
     assert int8.class_names == full.class_names and int8.logits(images).shape == (8, 10)
+    capsys.readouterr()
+    main(["summary", "--ckpt_path", str(output)])
+    assert "Stored as onnx in int8 (" in capsys.readouterr().out
 
 
 def test_int8_export_calibrated_on_a_folder_and_classify_reads_it(checkpoint, in_tmp, capsys):

@@ -118,9 +118,12 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--per_layer", action="store_true", help="also list every convolution and linear layer")
     config, given = parse(parser, argv)
+    stored = None
     if config.ckpt_path:
-        metadata = settle(config, "summary", given=given).artifact.metadata
+        artifact = settle(config, "summary", given=given).artifact
+        metadata = artifact.metadata
         net, resolution = MobileNetV1(**metadata.network), metadata.resolution
+        stored = stored_as(artifact.path, metadata.export)
     else:
         # Built as fit builds it: the DataModule gives the class count (a CIFAR-100 config, a folder's classes).
         built = parser.instantiate_classes(config)
@@ -132,4 +135,21 @@ def main(argv: list[str]) -> int:
     width = net.arguments["width_mult"]
     print(f"MobileNetV1 α={width:g}, {resolution}×{resolution} input, {stem}, {net.classifier.out_features} classes")
     print(describe(net, resolution, config.per_layer))
+    if stored:
+        print(stored)
     return 0
+
+
+def stored_as(path, export: Optional[dict]) -> Optional[str]:
+    """How an export stores the network (format, precision, size on disk); None for a checkpoint."""
+    if not export:
+        return None
+    quantization = export.get("quantization") or {}
+    dtype = export.get("dtype", "float32")
+    detail = (
+        f", calibrated on {quantization.get('calibration_images')} images, top-1 agreement with float32 "
+        f"{quantization.get('top1_agreement_with_float32', 0):.2%}"
+        if quantization
+        else ""
+    )
+    return f"Stored as {export.get('format', '?')} in {dtype} ({path.stat().st_size / 1e6:.1f} MB on disk{detail})."
