@@ -96,6 +96,11 @@ class Metadata:
             raise bad("'class_names' must be a list of strings")
         if len(names) != network.get("num_classes", 10):
             raise bad(f"{len(names)} class names for a network with {network.get('num_classes', 10)} outputs")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise bad(f"class names repeat ({', '.join(map(repr, repeated[:3]))}): each output needs its own name")
+        if any(not name.isprintable() for name in names):
+            raise bad("class names hold control characters (escape sequences would reach the terminal)")
         resolution = record.get("resolution", 32)
         if not isinstance(resolution, int) or isinstance(resolution, bool) or not 1 <= resolution <= MAX_RESOLUTION:
             raise bad(f"'resolution' must be a whole number of pixels from 1 to {MAX_RESOLUTION}, got {resolution!r}")

@@ -1,6 +1,7 @@
 """`mobilenet classify` through the console script: every image format and mode, broken files, JSON, the grid."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,20 @@ def test_a_record_whose_std_would_make_every_pixel_infinite_is_refused(checkpoin
     record = torch.load(checkpoint, weights_only=True)["mobilenet"]
     with pytest.raises(UsageError, match="'std' must be at least 0.001"):
         Metadata.from_dict({**record, "std": [1e-40, 0.2, 0.2]}, "crafted.ckpt")
+
+
+@pytest.mark.parametrize(
+    "names, problem",
+    [
+        (["cat"] * 10, "class names repeat ('cat')"),
+        (["\x1b[2J\x1b[31mairplane", *map(str, range(9))], "class names hold control characters"),
+    ],
+    ids=["ten of one name", "escape sequences"],
+)
+def test_a_record_with_unusable_class_names_is_refused(checkpoint, names, problem):
+    from mobilenet.errors import UsageError
+    from mobilenet.record import Metadata
+
+    record = torch.load(checkpoint, weights_only=True)["mobilenet"]
+    with pytest.raises(UsageError, match=re.escape(problem)):
+        Metadata.from_dict({**record, "class_names": names}, "crafted.ckpt")
