@@ -54,12 +54,23 @@ def test_int8_export_calibrated_on_a_folder_and_classify_reads_it(checkpoint, in
         (["--format", "onnx", "--calibration", "no-such-folder"], "is not a folder of images"),
         (["--format", "onnx", "--calibration_images", "10", "--data.verify", "false"], "is too few"),
         (["--format", "onnx", "--calibration_images", "500", "--data.verify", "false"], "holds 80 images"),
+        (["--format", "onnx", "--calibration", "empty"], "holds no image files"),
     ],
-    ids=["not onnx", "missing folder", "too few", "more than the data holds"],
+    ids=["not onnx", "missing folder", "too few", "more than the data holds", "empty folder"],
 )
 def test_int8_mistakes_are_one_sentence_and_write_nothing(checkpoint, in_tmp, extra, message):
+    (in_tmp / "empty").mkdir()
     output = in_tmp / "out.int8.onnx"
     with pytest.raises(SystemExit) as refused:
         main(["export", "--ckpt_path", str(checkpoint), "--quantize", "int8", "--output", str(output), *extra])
     assert message in str(refused.value.code) and "\n" not in str(refused.value.code)
     assert not output.exists() and not list(in_tmp.glob(".quantize-*"))
+
+
+def test_an_existing_int8_output_is_kept(checkpoint, in_tmp):
+    taken = in_tmp / "taken.int8.onnx"
+    taken.write_text("an earlier export")
+    with pytest.raises(SystemExit) as refused:
+        main(["export", "--ckpt_path", str(checkpoint), "--format", "onnx", "--quantize", "int8", "--output",
+              str(taken), "--calibration_images", "40", "--data.verify", "false"])  # fmt: skip
+    assert "already exists and is kept" in str(refused.value.code) and taken.read_text() == "an earlier export"
