@@ -144,6 +144,9 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(tmp_path):
     assert pixels.dtype == torch.uint8 and pixels.shape == (3, 8, 8)
     assert torch.equal(pixels[0], pixels[2]) and int(pixels.min()) == 0
     assert int(pixels.max()) == 255  # 65520 of 65535 is 254.94 of 255, rounded
+    dark = np.full((8, 8), 200, dtype=np.uint16)  # a dark 16-bit image: 200 of 65535, nearly black
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    assert int(read_image(tmp_path / "dark.png").max()) == 1  # 200 / 65535 * 255 = 0.78, not 200
 
 
 def test_a_pipe_named_like_an_image_is_refused_without_hanging(in_tmp, capsys):

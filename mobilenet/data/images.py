@@ -36,7 +36,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """RGB, RGBA, greyscale (8 or 16 bit), palette (with or without transparency), CMYK → 8-bit RGB."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit greyscale: scale to 8 bits
         values = np.asarray(image, dtype=np.float32)
-        full_scale = 65535.0 if values.max() > 255 else 255.0
+        # 16-bit modes are 16-bit data, however dark the image; for 32-bit "I"/"F" the values decide.
+        full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
         return Image.fromarray(np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8), "L").convert(
             "RGB"
         )
