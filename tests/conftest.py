@@ -7,6 +7,7 @@ import torch
 
 from fake_cifar import write_cifar10, write_cifar100
 from mobilenet import MobileNetV1
+from mobilenet.commands import KNOWN_WARNINGS, quiet_known_warnings
 from mobilenet.commands.lightning import build_cli
 from tutorial_net import randomise_batchnorm
 
@@ -15,6 +16,13 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+
+
+def pytest_configure(config):
+    """What the command line silences (one list: mobilenet.commands.KNOWN_WARNINGS), silenced in every test too."""
+    for pattern, _ in KNOWN_WARNINGS:
+        config.addinivalue_line("filterwarnings", f"ignore:{pattern}")
+    quiet_known_warnings()  # and Lightning's known log lines
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +62,6 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, cifar10_dir) -> Path:
     """A working folder after a two-epoch `fit`: checkpoints/cifar10/ and logs/cifar10/version_0/."""
-    from mobilenet.commands.lightning import build_cli
-
     workdir = tmp_path_factory.mktemp("finished-run")
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     previous, argv = os.getcwd(), sys.argv

@@ -49,14 +49,40 @@ def test_help_lists_all_nine_commands_in_its_usage_line(in_tmp, capsys):
     assert all(name in usage for name in COMMANDS) and len(COMMANDS) == 9
 
 
+# The option groups each command uses: its --help lists those (and no other command's options).
+USES = {
+    **dict.fromkeys(
+        ("fit", "validate", "test", "predict", "summary"), ("--model.", "--data.", "--run_name", "--ckpt_path")
+    ),
+    "classify": ("--run_name", "--ckpt_path"),
+    "report": ("--data.", "--run_name", "--ckpt_path"),
+    "export": ("--data.", "--run_name", "--ckpt_path"),
+    "import-tutorial": ("--data.",),
+}
+GROUPS = ("--model.", "--data.", "--run_name", "--ckpt_path")
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
-def test_every_command_takes_configs_dotted_overrides_a_run_and_a_checkpoint(command, in_tmp, capsys):
+def test_every_command_help_lists_the_options_it_uses_and_no_others(command, in_tmp, capsys):
     text = help_of(capsys, command)
-    for option in ("--config", "--model.", "--data ", "--run_name", "--ckpt_path"):
-        assert option in text, f"`mobilenet {command} --help` lacks {option}"
-    # This project's meaning of --ckpt_path, and the data options, which a --data class choice would hide.
-    assert "'last' (the run's checkpoints/<run_name>/last.ckpt), 'best' (the file" in " ".join(text.split())
-    assert "--data.val_size" in text and "--data.root" in text and "--data.data_dir" in text
+    assert "--config" in text
+    for option in GROUPS:
+        assert (option in text) == (option in USES[command]), f"`mobilenet {command} --help` and {option}"
+    if "--ckpt_path" in USES[command]:  # this project's meaning of --ckpt_path
+        assert "'last' (the run's checkpoints/<run_name>/last.ckpt), 'best' (the file" in " ".join(text.split())
+    if "--data." in USES[command]:  # the data options, which a --data class choice would hide
+        assert "--data.val_size" in text and "--data.root" in text and "--data.data_dir" in text
+    # Training-only options appear where training is: import-tutorial listed them all before.
+    assert ("--checkpoint.every_n_train_steps" in text) == (command in ("fit", "validate", "test", "predict"))
+
+
+def test_classify_takes_a_training_config_whole(in_tmp, capsys):
+    """One config file serves every command: the groups classify does not use are accepted and ignored."""
+    image = sorted((CONFIGS.parent / "tests" / "assets" / "cifar10_sample").glob("*.jpg"))[0]
+    shipped = CONFIGS.parent / "checkpoints" / "mobilenet_v1_cifar10.safetensors"
+    main(["classify", "--config", str(CONFIGS / "cifar10_fast.yaml"), "--checkpoint.dirpath", "elsewhere",
+          "--ckpt_path", str(shipped), str(image)])  # fmt: skip
+    assert capsys.readouterr().out.startswith(f"{image}: ")
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The ``mobilenet`` command: nine subcommands, one grammar (``grammar.py``), each module imported only when asked for.
+"""The ``mobilenet`` command: nine subcommands, one grammar (``parser.py``), each imported only when asked for.
 
 Each command module has ``main(argv: list[str]) -> int | None``; ``fit``, ``validate``, ``test`` and
 ``predict`` are LightningCLI's (``lightning.py``). A mistake a user can fix (``UsageError``) is printed as one
@@ -49,21 +49,34 @@ def top_level_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What Lightning and torch say at every run that says nothing about this one: (message pattern, why it is silenced).
+KNOWN_WARNINGS = (
+    (r".*isinstance\(treespec, LeafSpec\)` is deprecated.*", "Lightning 2.6 on torch 2.14, about its own use of torch"),
+    (r"Checkpoint directory .* exists and is not empty", "a run folder is resumed or refused first (training/runs.py)"),
+    (r"Experiment logs directory .* exists and is not empty", "evaluating again rewrites its evaluation folder"),
+    (
+        r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
+        "evaluation restores no checkpoint callbacks on purpose: it writes no checkpoints",
+    ),
+    (r".*does not have many workers.*", "batches are gathered from memory: worker processes would only add copies"),
+    (r".*Couldn't infer the batch indices.*", "predictions are numbered in the loader's own order (PredictionWriter)"),
+)
+# Lightning's log lines that say nothing about this run: its tips, and that the project's own model summary
+# (training/callbacks.py) replaces the default one.
+KNOWN_LOG_LINES = ("💡 Tip", "Skipping setting a default `ModelSummary` callback")
+
+
+def known_log_line(record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in KNOWN_LOG_LINES)
+
+
 def quiet_known_warnings() -> None:
-    """Silence what Lightning and torch say at every run that says nothing about this one."""
-    # Lightning 2.6 on torch 2.14 warns about its own use of a torch API.
-    warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-    # A run folder with checkpoints in it is resumed or refused before Lightning looks (training/runs.py).
-    warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
-    # Evaluating a checkpoint again rewrites its evaluation folder (logs/<run>/eval/...), as intended.
-    warnings.filterwarnings("ignore", r"Experiment logs directory .* exists and is not empty")
-    # Evaluation restores no checkpoint callbacks on purpose: it writes no checkpoints (commands/lightning.py).
-    warnings.filterwarnings("ignore", r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint")
-    # Batches are gathered from memory in microseconds: worker processes would only add copies.
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    # Predictions are numbered in the loader's own order (training/callbacks.py, PredictionWriter).
-    warnings.filterwarnings("ignore", ".*Couldn't infer the batch indices.*")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in r.getMessage())
+    """Silence ``KNOWN_WARNINGS`` and ``KNOWN_LOG_LINES`` (the command line calls this first; so do the tests)."""
+    for pattern, _ in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", pattern)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if known_log_line not in logger.filters:
+        logger.addFilter(known_log_line)
 
 
 def usage_error_in(err: Optional[BaseException]) -> Optional[UsageError]:
@@ -83,7 +96,7 @@ def run(argv: list[str], command_line: bool = False) -> Optional[int]:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         top_level_parser().error(f"'{command}' is not a command; choose one of {', '.join(COMMANDS)}.")
-    from mobilenet.commands.grammar import check_config_files, check_data_choice
+    from mobilenet.commands.parser import check_config_files, check_data_choice
 
     check_config_files(rest)
     check_data_choice(rest)

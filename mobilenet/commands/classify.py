@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from mobilenet.commands.grammar import command_parser, parse, settle_model
+from mobilenet.commands.checkpoint_policy import settle_model
+from mobilenet.commands.parser import command_parser, parse
 from mobilenet.data.images import find_images, fit_to, read_image
 from mobilenet.deploy.artifacts import with_network
 from mobilenet.deploy.classifier import BACKENDS, open_classifier
@@ -29,6 +30,7 @@ def parse_arguments(argv: list[str]):
         "Classify image files (PNG, JPEG, BMP, WebP; RGB, RGBA, greyscale or palette; any size) with a trained "
         "model: the shipped one when neither --ckpt_path nor a run (--config, --run_name) is given. Each image is "
         "turned upright (EXIF), centre-cropped, resized to the model's resolution and normalised as in training.",
+        uses=("run",),
     )
     parser.add_argument("images", nargs="+", help="image files, or folders searched for image files")
     parser.add_argument(

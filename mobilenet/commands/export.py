@@ -7,7 +7,8 @@ from typing import Optional
 
 import torch
 
-from mobilenet.commands.grammar import command_parser, parse, settle_model
+from mobilenet.commands.checkpoint_policy import settle_model
+from mobilenet.commands.parser import command_parser, parse
 from mobilenet.commands.report import split_images
 from mobilenet.data.images import find_images, fit_to, read_image
 from mobilenet.deploy.artifacts import with_network
@@ -23,6 +24,7 @@ def main(argv: list[str]) -> int:
         "export",
         "Export a checkpoint's network for inference outside this project (ONNX Runtime, libtorch, plain "
         "PyTorch), checked against PyTorch; every file carries the class names, resolution and normalisation.",
+        uses=("data", "run"),
     )
     parser.add_argument("--format", required=True, choices=tuple(FORMATS), help="what to write")
     parser.add_argument(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from mobilenet.commands.grammar import command_parser
+from mobilenet.commands.parser import command_parser
 from mobilenet.data.cifar import NUM_CLASSES
 from mobilenet.data.cifar_files import ensure_available, read_class_names
 from mobilenet.deploy.export import check_output
@@ -21,6 +21,7 @@ def main(argv: list[str]) -> int:
         "import-tutorial",
         "Convert a state_dict saved by the reference tutorial's MobileNet into a checkpoint that every command "
         "accepts. The class names are read from the dataset (--data.dataset, --data.data_dir).",
+        uses=("data",),
     )
     parser.add_argument("weights", help="the tutorial's .pth file")
     parser.add_argument("--output", required=True, help="the .ckpt to write")

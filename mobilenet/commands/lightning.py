@@ -1,8 +1,8 @@
 """``fit``, ``validate``, ``test`` and ``predict``: LightningCLI over this project's run folders and checkpoints.
 
-The arguments shared with the other commands and what a checkpoint settles come from ``grammar``; this
-module adds what only training and evaluation need: the Trainer's defaults and callbacks, and where the
-loggers write.
+The options shared with the other commands come from ``parser``, what a checkpoint settles from
+``checkpoint_policy``; this module adds what only training and evaluation need, through LightningCLI's hooks:
+the Trainer's defaults, plug-in and callbacks, and where the loggers write.
 """
 
 import shlex
@@ -12,20 +12,12 @@ from typing import Optional
 
 import torch
 from jsonargparse import Namespace
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from mobilenet.commands.grammar import (
-    Settled,
-    add_checkpoint_argument,
-    add_config_arguments,
-    check_optimiser_classes,
-    evaluation_loggers,
-    given_values,
-    settle,
-)
+from mobilenet.commands.checkpoint_policy import Settled, evaluation_loggers, settle
+from mobilenet.commands.parser import add_model_and_data, add_run_arguments, check_optimiser_classes, given_values
 from mobilenet.data.base import BatchedDataModule
 from mobilenet.deploy.artifacts import Artifact, with_network
 from mobilenet.errors import UsageError
@@ -38,7 +30,6 @@ from mobilenet.training.callbacks import (
     Preemption,
     StopOnNonFiniteLoss,
 )
-from mobilenet.training.checkpoint_io import AtomicCheckpointIO
 from mobilenet.training.module import MobileNetClassifier
 from mobilenet.training.precision import choose_precision
 from mobilenet.training.runs import (
@@ -52,9 +43,9 @@ from mobilenet.training.runs import (
 from mobilenet.training.tracking import (
     RUN_ID_KEY,
     SaveConfigEverywhere,
+    WandbLogger,
     WandbRunCallback,
     is_wandb_logger,
-    wandb_loggers,
 )
 
 TRAINER_DEFAULTS = {
@@ -64,6 +55,8 @@ TRAINER_DEFAULTS = {
         "class_path": "lightning.pytorch.loggers.CSVLogger",
         "init_args": {"save_dir": str(LOG_ROOT), "name": None},
     },
+    # Checkpoints are written whole or not at all. A user's own --trainer.plugins replaces this one.
+    "plugins": {"class_path": "mobilenet.training.checkpoint_io.AtomicCheckpointIO"},
 }
 EXPORT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}
 
@@ -71,13 +64,21 @@ EXPORT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}
 class MobileNetCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        # --ckpt_path is this project's (last | best | FILE, see grammar.py), not the Trainer method's, and a
+        # --ckpt_path is this project's (last | best | FILE, see checkpoint_policy.py), not the Trainer method's, and a
         # checkpoint is always loaded as weights only (training/checkpoint_io.py).
         return {name: skip | {"ckpt_path", "weights_only"} for name, skip in LightningCLI.subcommands().items()}
 
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The Trainer as LightningCLI adds it; the model and the data as every command adds them (--data's help
+        # lists each DataModule's options, which a class choice would otherwise hide).
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults(
+            {f"trainer.{key}": value for key, value in self.trainer_defaults.items() if key != "callbacks"}
+        )
+        add_model_and_data(parser)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        add_config_arguments(parser)
-        add_checkpoint_argument(parser)
+        add_run_arguments(parser)
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
@@ -140,26 +141,28 @@ class MobileNetCLI(LightningCLI):
         return yaml.safe_load(self.parser.dump(self.config, skip_unset=False))[self.subcommand]
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        callbacks = trainer.callbacks
-        if self.subcommand == "fit":
-            # Last in the list, so that last.ckpt is written after the best-checkpoint callback has updated the
-            # state it stores: a resume then still knows which file is the best so far.
-            last = last_checkpoint(self.config.fit.checkpoint.dirpath)
-            callbacks.append(last)
-        else:  # evaluation writes no checkpoints, and restores no checkpoint callback's state
-            callbacks[:] = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
-        callbacks.extend(WandbRunCallback(logger) for logger in wandb_loggers(trainer))
+        """The Trainer, with this project's callbacks among the defaults LightningCLI adds after the config's."""
+        trainer_config = self.config_init[self.subcommand].trainer
+        callbacks = [PredictionWriter()]
+        if trainer_config.enable_progress_bar is not False and not sys.stdout.isatty():
+            callbacks.append(PlainProgressBar())  # output to a file: whole lines, not redrawn bars
+        if trainer_config.enable_model_summary is not False:
+            callbacks.append(CompactModelSummary())
+        loggers = trainer_config.logger if isinstance(trainer_config.logger, list) else [trainer_config.logger]
+        callbacks.extend(WandbRunCallback(logger) for logger in loggers if isinstance(logger, WandbLogger))
         callbacks.append(StopOnNonFiniteLoss())
-        if self.subcommand == "fit":  # after the loss check: it has seen the batch a stop would save
-            callbacks.append(Preemption(Path(last.dirpath) / LAST_NAME, self.resume_hint))
-        for index, callback in enumerate(callbacks):
-            if type(callback) is TQDMProgressBar and not sys.stdout.isatty():
-                callbacks[index] = PlainProgressBar()  # output to a file: whole lines, not redrawn bars
-            elif type(callback) is ModelSummary:
-                callbacks[index] = CompactModelSummary(max_depth=callback._max_depth)
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin is left alone
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if self.subcommand == "fit":
+            # After the best-checkpoint callback (the config's, which LightningCLI puts first), so that last.ckpt
+            # stores the state it has just updated: a resume then still knows which file is the best so far.
+            last = last_checkpoint(self.config.fit.checkpoint.dirpath)
+            # After the loss check: it has seen the batch a stop would save.
+            callbacks += [last, Preemption(Path(last.dirpath) / LAST_NAME, self.resume_hint)]
+        self.trainer_defaults["callbacks"] = callbacks
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand != "fit":  # evaluation writes no checkpoints, and restores no checkpoint callback's state
+            trainer.callbacks[:] = [
+                callback for callback in trainer.callbacks if not isinstance(callback, ModelCheckpoint)
+            ]
         return trainer
 
     def run(self, command: str) -> None:
@@ -301,7 +304,7 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> MobileNetCL
             save_config_callback=SaveConfigEverywhere,
             # A fit writes a new version folder every time; evaluating a checkpoint again rewrites its evaluation.
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [PredictionWriter()]},
+            trainer_defaults=dict(TRAINER_DEFAULTS),
             # The optimiser and scheduler are the model's own arguments (model.optimizer, model.lr_scheduler).
             auto_configure_optimizers=False,
             # Checkpoints keep their own record (mobilenet.deploy.artifacts), not the parsed config of the model.

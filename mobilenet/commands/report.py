@@ -23,7 +23,8 @@ from typing import Optional
 import torch
 
 from mobilenet import plots
-from mobilenet.commands.grammar import command_parser, import_class, parse, settle_model
+from mobilenet.commands.checkpoint_policy import settle_model
+from mobilenet.commands.parser import command_parser, import_class, parse
 from mobilenet.deploy.artifacts import Artifact, with_network
 from mobilenet.deploy.classifier import Classifier, open_classifier
 from mobilenet.deploy.export import check_output, export
@@ -239,6 +240,7 @@ def main(argv: list[str]) -> int:
         "report",
         "Training curves of a run, and a confusion matrix, per-class accuracy and labelled images of one of its "
         "checkpoints on the test split (or the validation split, --split val).",
+        uses=("data", "run"),
     )
     parser.add_argument("--split", choices=SPLITS, default="test", help="the split to evaluate (default test)")
     parser.add_argument("--out", type=Optional[str], default=None, help="folder for the report files")

@@ -17,7 +17,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from mobilenet.commands.grammar import command_parser, given_at, parse, settle
+from mobilenet.commands.checkpoint_policy import given_at, settle
+from mobilenet.commands.parser import command_parser, parse
 from mobilenet.model import MobileNetV1
 
 # The paper's Table 2 rows, in its order.
@@ -126,7 +127,7 @@ def main(argv: list[str]) -> int:
         stored = stored_as(artifact.path, metadata.export)
     else:
         # Built as fit builds it: the DataModule gives the class count (a CIFAR-100 config, a folder's classes).
-        built = parser.instantiate_classes(config)
+        built = parser.instantiate(config)
         net, resolution = built.model.net, built.data.resolution
         given_classes = given_at(given, "model.net.init_args").get("num_classes")
         if given_classes is not None and given_classes != net.arguments["num_classes"]:  # the paper's 1000, say

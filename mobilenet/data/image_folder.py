@@ -31,7 +31,7 @@ class ImageFolderDataModule(BatchedDataModule):
 
     def __init__(self, root: Optional[str] = None, cache_dir: Optional[str] = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        if root is None:  # optional here so that a checkpoint's record can fill it in (commands/grammar.py)
+        if root is None:  # optional here so that a checkpoint's record can fill it in (commands/checkpoint_policy.py)
             raise UsageError(
                 "--data ImageFolderDataModule needs --data.root DIR: the folder with train/<class name>/ images."
             )

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from typing import Literal, Optional
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
@@ -134,10 +134,18 @@ class MobileNetClassifier(LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.memory_format))
 
+    def attached_trainer(self) -> Optional[Trainer]:
+        """The Trainer running this module, None outside one (``load_from_checkpoint``, a bare forward)."""
+        try:
+            return self.trainer
+        except RuntimeError:  # Lightning: "... is not attached to a `Trainer`"
+            return None
+
     def setup(self, stage: str) -> None:
         # An example batch of one image at the data's resolution: the model summary shows each layer's output
         # size and the network's floating-point operations from it.
-        resolution = getattr(self.trainer.datamodule, "resolution", 32) if self._trainer else 32
+        trainer = self.attached_trainer()
+        resolution = getattr(trainer.datamodule, "resolution", 32) if trainer else 32
         self.example_input_array = torch.zeros(1, 3, resolution, resolution)
 
     def on_fit_start(self) -> None:
@@ -232,7 +240,7 @@ class MobileNetClassifier(LightningModule):
         sums = {"epoch_loss_sum": self.epoch_loss_sum.clone(), "epoch_images": torch.tensor(float(self.epoch_images))}
         # Under DDP each rank has its own sums and only rank 0's would be saved: the resumed epoch's figures then
         # count the batches after the resume only.
-        if self._trainer is not None and (
+        if self.attached_trainer() is not None and (
             self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or self.trainer.world_size > 1
         ):
             sums = {key: torch.zeros_like(value) for key, value in sums.items()}
@@ -241,22 +249,19 @@ class MobileNetClassifier(LightningModule):
         checkpoint[EPOCH_SUMS_KEY] = sums
 
     def metadata(self) -> Metadata:
-        data = self.trainer.datamodule if self._trainer else None
+        trainer = self.attached_trainer()
+        data = trainer.datamodule if trainer else None
         num_classes = self.net.arguments["num_classes"]
         names = list(getattr(data, "class_names", None) or []) or [f"class {i}" for i in range(num_classes)]
         metrics = (
-            {
-                key: round(float(value), 6)
-                for key, value in self.trainer.callback_metrics.items()
-                if key.startswith("val/")
-            }
-            if self._trainer
+            {key: round(float(value), 6) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
+            if trainer
             else {}
         )
         run = {
             **self.run_record,
-            "epoch": self.current_epoch if self._trainer else 0,
-            "global_step": self.global_step if self._trainer else 0,
+            "epoch": self.current_epoch if trainer else 0,
+            "global_step": self.global_step if trainer else 0,
             "metrics": metrics,
         }
         preprocessing = {}
@@ -278,7 +283,7 @@ class MobileNetClassifier(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """``MobileNetClassifier.load_from_checkpoint(path)`` builds the network the checkpoint records; weights
         of another shape for a module in training are refused with a sentence, before Lightning's long error."""
-        if self._trainer is None:
+        if self.attached_trainer() is None:
             metadata = checkpoint_metadata(checkpoint, "the checkpoint")
             network, self.temperature = metadata.network, metadata.temperature
             if network != self.net.arguments:

@@ -105,12 +105,11 @@ class WandbLogger(LightningWandbLogger):
             id=id,
             **kwargs,
         )
-        if self._wandb_init.get("anonymous") is None:  # wandb 0.2x warns about the setting even when unset
+        self.offline = offline
+        # The one private attribute used here: Lightning 2.6's WandbLogger passes anonymous=None to wandb.init
+        # when unset, and wandb 0.2x warns about the setting even then; the logger has no public way to leave it out.
+        if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous")
-
-    @property
-    def offline(self) -> bool:
-        return self._offline
 
 
 def server_unreachable(timeout: float = PROBE_SECONDS) -> str:
