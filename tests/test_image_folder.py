@@ -11,7 +11,8 @@ from PIL import Image
 
 from fake_images import CLASSES, COLOURS, add_broken_files, write_image_folder
 from mobilenet.data import ImageFolderDataModule, image_files
-from mobilenet.data.image_files import load_rgb
+from mobilenet.data.image_files import decode_images
+from mobilenet.data.images import decode
 from mobilenet.errors import UsageError
 
 TRAIN_IMAGES = 3 * 30 + 3  # 30 per class plus the greyscale, RGBA and palette images in cat/
@@ -44,22 +45,22 @@ def test_formats_and_colour_modes_decode_to_the_right_rgb(tmp_path):
     colour = COLOURS["dog"]
     for suffix in ("png", "bmp", "webp"):
         Image.new("RGB", (32, 32), colour).save(tmp_path / f"solid.{suffix}", lossless=True)  # webp: exact
-        assert load_rgb(tmp_path / f"solid.{suffix}", 32).view(3, -1).unique(dim=1).flatten().tolist() == list(colour)
+        assert decode(tmp_path / f"solid.{suffix}", 32).view(3, -1).unique(dim=1).flatten().tolist() == list(colour)
     Image.new("RGB", (32, 32), colour).save(tmp_path / "solid.jpg", quality=95)
-    assert (load_rgb(tmp_path / "solid.jpg", 32).float() - torch.tensor(colour).view(3, 1, 1)).abs().max() <= 3
+    assert (decode(tmp_path / "solid.jpg", 32).float() - torch.tensor(colour).view(3, 1, 1)).abs().max() <= 3
     Image.new("L", (32, 32), 77).save(tmp_path / "grey.png")
-    assert load_rgb(tmp_path / "grey.png", 32).unique().tolist() == [77]
+    assert decode(tmp_path / "grey.png", 32).unique().tolist() == [77]
     Image.new("RGBA", (32, 32), (10, 20, 30, 0)).save(tmp_path / "clear.png")  # fully transparent: white
-    assert load_rgb(tmp_path / "clear.png", 32).unique().tolist() == [255]
+    assert decode(tmp_path / "clear.png", 32).unique().tolist() == [255]
     Image.new("RGB", (32, 32), colour).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.png")
-    assert load_rgb(tmp_path / "palette.png", 32)[:, 0, 0].tolist() == list(colour)
+    assert decode(tmp_path / "palette.png", 32)[:, 0, 0].tolist() == list(colour)
 
 
 def test_other_sizes_are_centre_cropped_and_resized(tmp_path):
     wide = np.zeros((40, 80, 3), np.uint8)
     wide[:, :10] = 255  # white only at the left edge, which a centre crop to 40×40 (columns 20-59) removes
     Image.fromarray(wide).save(tmp_path / "wide.png")
-    image = load_rgb(tmp_path / "wide.png", 16)
+    image = decode(tmp_path / "wide.png", 16)
     assert image.shape == (3, 16, 16) and image.max() == 0
 
 
@@ -148,7 +149,20 @@ def test_a_phone_photo_is_read_upright_by_its_exif_orientation(tmp_path):
 
     from mobilenet.data.images import fit_to, read_image
 
-    for pixels in (read_image(path), load_rgb(path, 40)):  # classify's reader; image folders' decoder
+    for pixels in (read_image(path), decode(path, 40)):  # as read, and as prepared for the network
         assert pixels.shape[-2:] == ((40, 20) if pixels.shape[-1] == 20 else (40, 40))
         square = fit_to(pixels, 20)
         assert square[0, :, :5].float().mean() > 150 and square[2, :, -5:].float().mean() > 150, "read sideways"
+
+
+def test_a_large_photo_is_prepared_for_classify_exactly_as_for_training(tmp_path):
+    """classify (and int8 calibration) read an image through the same decoder as training on image folders: a
+    large JPEG, which training decodes at a reduced scale, gives the network the same pixels in both."""
+    from mobilenet.data.images import read_image
+
+    noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(noise).save(path, quality=90)
+    trained_on, _, skipped = decode_images([path], [0], 32, "Decoding")
+    assert not skipped
+    assert torch.equal(read_image(path, 32), trained_on[0])

@@ -323,7 +323,7 @@ def test_classify_stopped_by_a_signal_says_so_instead_of_a_traceback(in_tmp, mon
 
     from mobilenet.commands import classify
 
-    monkeypatch.setattr(classify, "read_image", lambda path: os.kill(os.getpid(), signal.SIGINT))
+    monkeypatch.setattr(classify, "read_image", lambda *_: os.kill(os.getpid(), signal.SIGINT))
     with pytest.raises(SystemExit) as stopped:
         main(["classify", str(REPO / "tests" / "assets" / "cifar10_sample")])
     assert stopped.value.code == 128 + signal.SIGINT

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from mobilenet.commands.checkpoint_policy import settle_model
 from mobilenet.commands.parser import command_parser, parse
-from mobilenet.data.images import find_images, fit_to, read_image
+from mobilenet.data.images import find_images, read_image
 from mobilenet.deploy.artifacts import with_network
 from mobilenet.deploy.classifier import BACKENDS, open_classifier
 from mobilenet.errors import UsageError
@@ -81,14 +81,14 @@ def main(argv: list[str]) -> int:
         readable: list[tuple[Path, torch.Tensor]] = []
         for path in files[start : start + CHUNK]:
             try:
-                readable.append((path, read_image(path)))
+                readable.append((path, read_image(path, resolution)))
             except UsageError as err:  # one bad file must not cost the answers for the others
                 failed += 1
                 tqdm.write(f"mobilenet: error: {err}", file=sys.stderr)
                 results.append({"file": str(path), "error": str(err)})
         if readable:
-            batch = torch.stack([fit_to(image, resolution) for _, image in readable])
-            for (path, image), top in zip(
+            batch = torch.stack([image for _, image in readable])
+            for (path, _), top in zip(
                 readable, top_classes(classifier.probabilities(batch), class_names, args.topk), strict=True
             ):
                 results.append({"file": str(path), "top": top})
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
                     sys.stdout.flush()
                 if args.grid and len(thumbnails) < GRID_MAX:
                     title = f"{path.name[:18]}\n{top[0]['class']} {top[0]['probability']:.0%}"
-                    thumbnails.append((fit_to(image, THUMBNAIL), title))
+                    thumbnails.append((read_image(path, THUMBNAIL), title))
         bar.update(len(files[start : start + CHUNK]))
     bar.close()
     if args.json:

@@ -10,7 +10,7 @@ import torch
 from mobilenet.commands.checkpoint_policy import settle_model
 from mobilenet.commands.parser import command_parser, parse
 from mobilenet.commands.report import split_images
-from mobilenet.data.images import find_images, fit_to, read_image
+from mobilenet.data.images import find_images, read_image
 from mobilenet.deploy.artifacts import with_network
 from mobilenet.deploy.export import FORMATS, export
 from mobilenet.deploy.quantize import quantize_int8
@@ -85,7 +85,7 @@ def calibration_images(config, resolution: int) -> tuple[torch.Tensor, str]:
         images = []
         for index in order[:wanted]:
             try:
-                images.append(fit_to(read_image(files[index]), resolution))
+                images.append(read_image(files[index], resolution))
             except UsageError:
                 continue  # a broken file is not calibrated on
         if not images:

@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
-from mobilenet.data.images import EXTENSIONS, fit_to, to_rgb, upright
+from mobilenet.data.images import DECODE_ERRORS, EXTENSIONS, decode
 from mobilenet.errors import UsageError
 from mobilenet.files import atomic_write
 from mobilenet.progress import progress
@@ -53,24 +51,11 @@ def content_key(split_dir: Path, files: list[Path], resolution: int) -> str:
     return digest.hexdigest()
 
 
-def load_rgb(path: Path, resolution: int) -> torch.Tensor:
-    """One image file as uint8 (3, resolution, resolution) RGB, prepared as ``mobilenet classify`` prepares one.
-
-    A photo's EXIF orientation is applied (``upright``); greyscale, 16-bit, palette and CMYK images become 8-bit
-    RGB and transparent pixels are composited onto white (``to_rgb``); the image is centre-cropped to a square
-    and resized (``fit_to``). Pillow's decompression-bomb guard stays on.
-    """
-    with Image.open(path) as image:
-        image.draft("RGB", (resolution, resolution))  # JPEG: decode at a reduced scale when far larger
-        image.load()
-        return fit_to(TF.pil_to_tensor(to_rgb(upright(image))), resolution).contiguous()
-
-
 def try_load(path: Path, resolution: int) -> tuple[Optional[torch.Tensor], str]:
     """The decoded image, or None and the reason it could not be read (truncated, not an image, ...)."""
     try:
-        return load_rgb(path, resolution), ""
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return decode(path, resolution), ""
+    except DECODE_ERRORS as err:
         return None, f"{type(err).__name__}: {err}"
 
 

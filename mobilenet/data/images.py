@@ -1,6 +1,7 @@
 """Image files read into uint8 RGB tensors the way a classifier expects them, whatever their format and mode."""
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -53,30 +54,47 @@ def upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """uint8 (3, H, W), upright; a missing, truncated, oversized or non-image file raises ``UsageError`` naming it.
-
-    Pillow's guard against decompression bombs stays on: an image of more than about 179 million pixels (twice
-    ``Image.MAX_IMAGE_PIXELS``) is refused before it is decoded.
-    """
+def read_image(path: Path, resolution: Optional[int] = None) -> torch.Tensor:
+    """uint8 (3, H, W), upright, or (3, resolution, resolution) prepared as for the network (``decode``); a
+    missing, truncated, oversized or non-image file raises ``UsageError`` naming it."""
     if path.is_dir():
         raise UsageError(f"The folder '{path}' holds no {', '.join(EXTENSIONS)} files.")
     if path.exists() and not path.is_file():  # a FIFO, a socket or a device would block or never end
         raise UsageError(f"'{path}' is not a regular file (a pipe, socket or device), so it is not read as an image.")
     try:
-        with Image.open(path) as image:
-            image.load()  # decodes now: a truncated file fails here, not later
-            return TF.pil_to_tensor(to_rgb(upright(image)))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return decode(path, resolution)
+    except DECODE_ERRORS as err:
         reason = "no such file" if isinstance(err, FileNotFoundError) else f"{type(err).__name__}: {err}"
         raise UsageError(f"'{path}' could not be read as an image ({reason}).") from err
+
+
+# What Pillow raises for a file it cannot decode (truncated, not an image, too large).
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def decode(path: Path, resolution: Optional[int] = None) -> torch.Tensor:
+    """The one image decoder, for training on folders, ``classify`` and calibration alike: uint8 RGB.
+
+    A photo's EXIF orientation is applied (``upright``); greyscale, 16-bit, palette and CMYK images become 8-bit
+    RGB and transparent pixels are composited onto white (``to_rgb``). With ``resolution``, a JPEG far larger
+    than that is decoded at a reduced scale and the image is centre-cropped to a square and resized
+    (``fit_to``), so an image is prepared the same way wherever it is read. Pillow's guard against
+    decompression bombs stays on: an image of more than about 179 million pixels (twice
+    ``Image.MAX_IMAGE_PIXELS``) is refused before it is decoded.
+    """
+    with Image.open(path) as image:
+        if resolution:
+            image.draft("RGB", (resolution, resolution))
+        image.load()  # decodes now: a truncated file fails here, not later
+        pixels = TF.pil_to_tensor(to_rgb(upright(image)))
+    return fit_to(pixels, resolution).contiguous() if resolution else pixels
 
 
 def fit_to(image: torch.Tensor, resolution: int) -> torch.Tensor:
     """Centre-crop (3, H, W) to a square and resize it to resolution × resolution (antialiased bilinear).
 
-    Training on image folders prepares every image this way (mobilenet/data/image_files.py), so a photo of
-    another shape is classified as the network saw such photos: undistorted, its centre kept.
+    Every image is prepared this way (``decode``), so a photo of another shape is classified as the network saw
+    such photos in training: undistorted, its centre kept.
     """
     side = min(image.shape[-2:])
     if image.shape[-2:] != (side, side):
