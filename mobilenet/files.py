@@ -31,6 +31,12 @@ def shown(path: str | Path) -> str:
     return os.path.relpath(path) if path.is_absolute() and path.is_relative_to(Path.cwd()) else str(path)
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that are not UTF-8 (kept by Python as lone surrogates, which a
+    UTF-8 terminal cannot be sent and no font can draw) shown as the replacement character '\ufffd'."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{PARTIAL_MARK}{os.getpid()}")
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from mobilenet.files import atomic_write
+from mobilenet.files import atomic_write, printable
 
 CORRECT, WRONG = "tab:green", "tab:red"
 # Numbers in the confusion matrix's cells stay readable up to about 20 classes; above that only colours.
@@ -61,7 +61,7 @@ def confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str], title: st
     axes.set_xticks(range(size), class_names, rotation=90 if size > ANNOTATE_MAX_CLASSES else 45, ha="right")
     axes.set_yticks(range(size), class_names)
     axes.tick_params(labelsize=10 if size <= ANNOTATE_MAX_CLASSES else 6)
-    axes.set(title=title, xlabel="predicted class", ylabel="true class")
+    axes.set(title=printable(title), xlabel="predicted class", ylabel="true class")
     if size <= ANNOTATE_MAX_CLASSES:
         for row in range(size):
             for col in range(size):
@@ -89,7 +89,7 @@ def image_grid(
         # Nearest-neighbour keeps 32×32 pixels sharp instead of blurring them into a smudge.
         axes.imshow(images[index].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
         colour = "black" if correct is None else (CORRECT if correct[index] else WRONG)
-        axes.set_title(titles[index], color=colour, fontsize=10)
+        axes.set_title(printable(titles[index]), color=colour, fontsize=10)
     if title:
         figure.suptitle(title)
     return figure

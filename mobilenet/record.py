@@ -100,7 +100,10 @@ class Metadata:
         if repeated:
             raise bad(f"class names repeat ({', '.join(map(repr, repeated[:3]))}): each output needs its own name")
         if any(not name.isprintable() for name in names):
-            raise bad("class names hold control characters (escape sequences would reach the terminal)")
+            raise bad(
+                "class names hold control characters or bytes that are not UTF-8 (escape sequences would reach the "
+                "terminal)"
+            )
         resolution = record.get("resolution", 32)
         if not isinstance(resolution, int) or isinstance(resolution, bool) or not 1 <= resolution <= MAX_RESOLUTION:
             raise bad(f"'resolution' must be a whole number of pixels from 1 to {MAX_RESOLUTION}, got {resolution!r}")

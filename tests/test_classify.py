@@ -1,6 +1,7 @@
 """`mobilenet classify` through the console script: every image format and mode, broken files, JSON, the grid."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -201,3 +202,15 @@ def test_a_record_with_unusable_class_names_is_refused(checkpoint, names, proble
     record = torch.load(checkpoint, weights_only=True)["mobilenet"]
     with pytest.raises(UsageError, match=re.escape(problem)):
         Metadata.from_dict({**record, "class_names": names}, "crafted.ckpt")
+
+
+def test_a_file_name_that_is_not_utf8_is_classified_and_drawn_in_the_grid(in_tmp, capsys):
+    """A name written in another encoding (Latin-1 bytes on a UTF-8 system) is shown as a terminal shows it, in
+    the text and in the --grid picture, instead of stopping the command with a font error."""
+    save(np.full((32, 32, 3), 200, np.uint8), in_tmp / "x.png")
+    name = os.fsdecode(b"caf\xe9.png")  # "café" in Latin-1
+    (in_tmp / "x.png").rename(in_tmp / name)
+    main(["classify", name, "--grid", "grid.png", "--topk", "1"])
+    assert capsys.readouterr().out.startswith("caf\ufffd.png: ")
+    with Image.open(in_tmp / "grid.png") as grid:
+        assert grid.format == "PNG"

@@ -166,3 +166,11 @@ def test_a_large_photo_is_prepared_for_classify_exactly_as_for_training(tmp_path
     trained_on, _, skipped = decode_images([path], [0], 32, "Decoding")
     assert not skipped
     assert torch.equal(read_image(path, 32), trained_on[0])
+
+
+def test_a_class_folder_named_in_another_encoding_is_refused_before_anything_is_read(folder):
+    """Every file a run writes records the class names: a folder name of Latin-1 bytes is refused at once with
+    its bytes shown, instead of failing at the first checkpoint after an epoch of training."""
+    os.rename(folder / "train" / CLASSES[0], os.path.join(os.fsencode(folder / "train"), b"caf\xe9"))
+    with pytest.raises(UsageError, match=r"b'caf\\xe9'.*not printable UTF-8 text.*Rename the folders"):
+        ImageFolderDataModule(str(folder))

@@ -14,7 +14,7 @@ from mobilenet.data.images import find_images, read_image
 from mobilenet.deploy.artifacts import with_network
 from mobilenet.deploy.classifier import BACKENDS, open_classifier
 from mobilenet.errors import UsageError
-from mobilenet.files import check_writable
+from mobilenet.files import check_writable, printable
 from mobilenet.progress import progress
 
 # Files read and classified together; bounds memory for a folder of any size.
@@ -64,7 +64,7 @@ def top_classes(probabilities: torch.Tensor, class_names: list[str], k: int) -> 
 
 
 def as_text(path: Path, top: list[dict]) -> str:
-    return f"{path}: " + ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in top)
+    return f"{printable(str(path))}: " + ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in top)
 
 
 def main(argv: list[str]) -> int:

@@ -4,6 +4,7 @@ The same pipeline as CIFAR from the tensor on: a seeded validation split, whole-
 augmentation on the device. ``mobilenet fit --data ImageFolderDataModule --data.root DIR``.
 """
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -45,6 +46,13 @@ class ImageFolderDataModule(BatchedDataModule):
                 f"(and optionally test/<class name>/), e.g. train/cat/0001.jpg."
             )
         self.class_names = class_folders(train_dir)
+        unprintable = [os.fsencode(name) for name in self.class_names if not name.isprintable()]
+        if unprintable:  # every file the run writes records the class names, and every command prints them
+            raise UsageError(
+                f"The class folder name(s) {', '.join(map(repr, unprintable[:3]))} in '{train_dir}' are not printable "
+                f"UTF-8 text (bytes of another encoding, or control characters). Rename the folders (for Latin-1 "
+                f"names, e.g. `convmv -f latin1 -t utf8 -r --notest {train_dir}`); nothing was read or written."
+            )
         if len(self.class_names) < 2:
             found = f"only '{self.class_names[0]}'" if self.class_names else "none"
             raise UsageError(
