@@ -42,8 +42,9 @@ def partial_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open a binary file that replaces ``path`` only when the ``with`` block ends without an exception.
+def atomic_write(path: str | os.PathLike, replace: bool = True) -> Iterator[BinaryIO]:
+    """Open a binary file that takes the name ``path`` only when the ``with`` block ends without an exception:
+    replacing a file of that name, or with ``replace=False`` only if none appeared meanwhile (``publish``).
 
     Leftovers of a process killed while writing the same file are removed first (not those of a process still
     writing it: several processes of one DDP run may write the same cache).
@@ -59,7 +60,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield file
             file.flush()
             os.fsync(file.fileno())
-        os.replace(partial, path)
+        publish(partial, path, replace)
     except RuntimeError as err:
         partial.unlink(missing_ok=True)
         if "file write failed" not in str(err) and "PytorchStreamWriter" not in str(err):
@@ -71,6 +72,29 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def publish(finished: Path, path: Path, replace: bool) -> None:
+    """Give the finished file ``finished`` the name ``path``. Without ``replace``, a file that took that name since
+    the command checked it (another command writing the same output at the same time) is kept, and this one is
+    refused with a sentence instead of silently overwriting it."""
+    if not replace:
+        try:
+            os.link(finished, path)  # fails if the name is taken, atomically
+            os.unlink(finished)
+            return
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: check, then rename
+            if not path.exists():
+                os.replace(finished, path)
+                return
+        raise UsageError(
+            f"'{path}' appeared while this command was writing it (another command writing the same file at the "
+            f"same time?). That file is kept and this result was not written; choose another --output, or add "
+            f"--overwrite."
+        )
+    os.replace(finished, path)
 
 
 def process_alive(pid: str) -> bool:

@@ -165,3 +165,20 @@ def test_an_output_without_a_suffix_gets_its_formats_and_reads_back(checkpoint, 
     main(["export", "--ckpt_path", str(checkpoint), "--format", "onnx", "--output", "model"])
     assert "Wrote model.onnx" in capsys.readouterr().out
     assert load(in_tmp / "model.onnx").kind == "onnx" and not (in_tmp / "model").exists()
+
+
+def test_two_exports_to_one_output_at_once_the_second_is_refused_and_the_first_kept(checkpoint, tmp_path, monkeypatch):
+    """Both pass the 'output exists' check before either has written; the one that finishes second must not
+    silently replace the other's file (both used to say "Wrote")."""
+    output = tmp_path / "model.pth"
+    write = export.write_state_dict
+
+    def another_export_finishes_meanwhile(net, metadata, path, half=False):
+        write(net, metadata, path, half)
+        output.write_bytes(b"the other export's file")
+
+    monkeypatch.setattr(export, "write_state_dict", another_export_finishes_meanwhile)
+    with pytest.raises(UsageError, match="appeared while this command was writing it.*kept.*--overwrite"):
+        export.export(load(checkpoint), "state_dict", output)
+    assert output.read_bytes() == b"the other export's file"
+    assert not sidecar_path(output).exists() and [path.name for path in tmp_path.iterdir()] == ["model.pth"]

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     data_dir = data.get("data_dir", "data")
     folder = ensure_available(dataset, data_dir, download=False, verify=False)
     checkpoint = tutorial_checkpoint(net_state, model, read_class_names(folder, dataset), dataset, data_dir)
-    with atomic_write(output) as file:
+    with atomic_write(output, replace=config.overwrite) as file:
         torch.save(checkpoint, file)
     print(
         f"Wrote {output}: MobileNetV1 α = {model['width_mult']:g}, {model['num_classes']} classes ({dataset}), "

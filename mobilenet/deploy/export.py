@@ -33,7 +33,7 @@ from mobilenet.deploy.artifacts import (
 )
 from mobilenet.deploy.folding import fold_batchnorm
 from mobilenet.errors import UsageError
-from mobilenet.files import atomic_write, check_writable, process_alive, same_file, write_text
+from mobilenet.files import atomic_write, check_writable, process_alive, publish, same_file, write_text
 from mobilenet.record import METADATA_KEY, Metadata
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "state_dict": ".pth", "safetensors": ".safetensors"}
@@ -178,8 +178,8 @@ def export(
                 f"The {fmt} export of '{source.path}' does not compute the checkpoint's function: its logits differ "
                 f"by up to {difference:.2e} (limit {limit:g}). Nothing was written; please report this."
             )
+        publish(staged, output, replace=overwrite)  # the file first: a second export to it is refused here
         os.replace(sidecar_path(staged), sidecar_path(output))
-        os.replace(staged, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report.append(f"Wrote {output} ({output.stat().st_size / 1e6:.1f} MB) and its record {sidecar_path(output)}.")

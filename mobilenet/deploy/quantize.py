@@ -95,7 +95,7 @@ def quantize_int8(
         del model.metadata_props[:]
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, metadata.to_json()
-        with atomic_write(output) as file:
+        with atomic_write(output, replace=overwrite) as file:
             file.write(model.SerializeToString())
         write_text(sidecar_path(output), metadata.to_json() + "\n")
     finally:
