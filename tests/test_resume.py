@@ -103,3 +103,46 @@ def test_fit_from_another_runs_checkpoint_does_not_write_into_a_used_folder(in_t
     run("fit", cifar10_dir, "--trainer.max_epochs", "1", "--run_name", "second")
     with pytest.raises(UsageError, match="already holds checkpoints"):
         run("fit", cifar10_dir, "--run_name", "second", "--ckpt_path", "checkpoints/first/last.ckpt")
+
+
+def test_fit_from_an_older_best_checkpoint_does_not_replace_the_newer_last(in_tmp, cifar10_dir):
+    never_improves = ("--checkpoint.monitor", "epoch", "--checkpoint.mode", "min")
+    run("fit", cifar10_dir, "--trainer.max_epochs", "2", *never_improves)
+    run_dir = in_tmp / "checkpoints" / "cifar10"
+    best = next(run_dir.glob("best-*.ckpt"))
+    before = (run_dir / "last.ckpt").read_bytes()
+    with pytest.raises(
+        UsageError, match=r"at step 5 of run 'cifar10', but the run's last.ckpt is at step 10.*--run_name"
+    ):
+        run("fit", cifar10_dir, "--trainer.max_epochs", "3", "--ckpt_path", str(best), *never_improves)
+    assert (run_dir / "last.ckpt").read_bytes() == before
+    # Continuing from it as a new run is the way to branch, and leaves the first run as it was.
+    run("fit", cifar10_dir, "--trainer.max_epochs", "2", "--run_name", "branch", "--ckpt_path", str(best))
+    assert load(in_tmp / "checkpoints" / "branch" / "last.ckpt")["global_step"] == 2 * STEPS_PER_EPOCH
+    assert (run_dir / "last.ckpt").read_bytes() == before
+
+
+def test_a_run_that_reached_max_steps_says_so_on_resume_and_leaves_no_empty_log_folder(in_tmp, cifar10_dir, capsys):
+    run("fit", cifar10_dir, "--trainer.max_steps", "3")
+    with pytest.raises(SystemExit) as stopped:
+        run("fit", cifar10_dir, "--trainer.max_steps", "3", "--ckpt_path", "last")
+    assert stopped.value.code == 0
+    assert "has trained 3 steps already" in capsys.readouterr().out
+    assert sorted(path.name for path in (in_tmp / "logs" / "cifar10").iterdir()) == ["version_0"]
+
+
+def test_evaluating_another_folders_last_checkpoint_keeps_this_runs_evaluation(in_tmp, cifar10_dir):
+    run("fit", cifar10_dir, "--trainer.max_epochs", "1")
+    run("fit", cifar10_dir, "--trainer.max_epochs", "1", "--run_name", "other")
+    run("test", cifar10_dir, "--ckpt_path", "last")
+    ours = in_tmp / "logs" / "cifar10" / "eval" / "last" / "test" / "metrics.csv"
+    written = ours.read_bytes()
+    run("test", cifar10_dir, "--ckpt_path", "checkpoints/other/last.ckpt")
+    assert ours.read_bytes() == written
+    assert (in_tmp / "logs" / "cifar10" / "eval" / "other-last" / "test" / "metrics.csv").is_file()
+
+
+def test_a_checkpoint_filename_with_a_folder_is_refused_before_training(in_tmp, cifar10_dir):
+    with pytest.raises(UsageError, match="--checkpoint.filename 'sub/best-{epoch}' holds a folder"):
+        run("fit", cifar10_dir, "--checkpoint.filename", "sub/best-{epoch}")
+    assert not (in_tmp / "checkpoints" / "cifar10").exists()

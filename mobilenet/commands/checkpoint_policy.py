@@ -28,10 +28,12 @@ from mobilenet.shipped import shipped_path
 from mobilenet.training.runs import (
     ALIASES,
     CHECKPOINT_ROOT,
+    check_checkpoint_filename,
     check_run_name,
     checkpoint_file,
     evaluation_dir,
     refuse_to_mix,
+    refuse_to_rewind,
     resolve_checkpoint,
     run_name_from,
 )
@@ -90,6 +92,9 @@ def settle(
                 f"--ckpt_path."
             )
         refuse_to_mix(run_dir, config.run_name, str(checkpoint) if checkpoint else None)
+        if checkpoint is not None:
+            refuse_to_rewind(run_dir, config.run_name, checkpoint, int(artifact.checkpoint.get("global_step") or 0))
+        check_checkpoint_filename(config.checkpoint.get("filename"))
     config.ckpt_path = str(checkpoint) if checkpoint else None
     if artifact is not None:
         # Only into the groups the command uses (parser.SECTIONS): the others are plain mappings it ignores.
@@ -245,7 +250,7 @@ def evaluation_loggers(config: Namespace, settled: Settled, command: str) -> Pat
     """Point the CSV loggers of validate/test/predict at logs/<run>/eval/<checkpoint>/<command>/, away from the
     training sessions' version folders; returns that folder."""
     loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
-    folder = evaluation_dir(settled.run_name, settled.checkpoint)
+    folder = evaluation_dir(settled.run_name, settled.checkpoint, settled.run_dir)
     for logger in loggers:
         if isinstance(logger, Namespace) and logger.get("class_path", "").endswith("CSVLogger"):
             logger.init_args.save_dir = str(folder)

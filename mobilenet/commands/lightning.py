@@ -226,21 +226,30 @@ def check_trainer_source(settled: Settled, command: str) -> Optional[Artifact]:
 
 
 def stop_if_finished(config, settled: Settled) -> None:
-    """Resuming a run that has trained its epochs already: say so and stop, instead of Lightning's error (fewer
-    epochs asked for) or a silent run that trains nothing and leaves an empty log folder."""
+    """Resuming a run that has trained its epochs (or steps) already: say so and stop, instead of Lightning's error
+    (fewer epochs asked for) or a silent run that trains nothing and leaves an empty log folder."""
     artifact = settled.artifact
     if artifact is None or artifact.kind != "checkpoint" or not config.ckpt_path:
         return
     progress = (artifact.checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {})
     trained = int(progress.get("current", {}).get("processed", 0))
-    asked = config.trainer.max_epochs
-    if asked is None or asked < 0 or trained < asked:
+    steps = int(artifact.checkpoint.get("global_step") or 0)
+    asked, asked_steps = config.trainer.max_epochs, config.trainer.max_steps
+    if asked is not None and asked >= 0 and trained >= asked:
+        done = f"has trained {trained} epoch{'' if trained == 1 else 's'} already"
+        limit = f"--trainer.max_epochs is {asked}"
+        raise_it = "--trainer.max_epochs"
+    elif asked_steps is not None and asked_steps >= 0 and steps >= asked_steps:
+        done, limit, raise_it = (
+            f"has trained {steps} steps already",
+            f"--trainer.max_steps is {asked_steps}",
+            ("--trainer.max_steps"),
+        )
+    else:
         return
     print(
-        f"Run '{config.run_name}' has trained {trained} epoch{'' if trained == 1 else 's'} already "
-        f"('{artifact.path}'), and "
-        f"--trainer.max_epochs is {asked}: there is nothing left to train. Raise --trainer.max_epochs to train "
-        f"it longer, or evaluate it with `mobilenet test --ckpt_path {artifact.path}`."
+        f"Run '{config.run_name}' {done} ('{artifact.path}'), and {limit}: there is nothing left to train. Raise "
+        f"{raise_it} to train it longer, or evaluate it with `mobilenet test --ckpt_path {artifact.path}`."
     )
     raise SystemExit(0)
 

@@ -259,7 +259,11 @@ def main(argv: list[str]) -> int:
     calibrated = calibrated_path(source.checkpoint, config.calibrated_output) if config.calibrate else None
     if calibrated is not None:  # before any work: a refused output costs nothing
         check_output(calibrated, source.checkpoint, overwrite=False, suffix=".safetensors")
-    out = Path(config.out) if config.out else evaluation_dir(source.run_name, source.checkpoint) / "report"
+    out = (
+        Path(config.out)
+        if config.out
+        else evaluation_dir(source.run_name, source.checkpoint, source.run_dir) / "report"
+    )
     check_writable(out)
     logs = LOG_ROOT / source.run_name
     written: list[Path] = []

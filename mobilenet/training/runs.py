@@ -148,9 +148,42 @@ def resolve_checkpoint(ckpt_path: str, run_dir: Path, run_name: str, command: st
     raise UsageError(f"--ckpt_path last: no {LAST_NAME} in '{run_dir}' (run '{run_name}'). {what_to_do(run_dir)}")
 
 
-def evaluation_dir(run_name: str, checkpoint: Path) -> Path:
-    """Where evaluating ``checkpoint`` writes: logs/<run>/eval/<checkpoint file name without .ckpt>/."""
-    return LOG_ROOT / run_name / EVALUATION_FOLDER / checkpoint.stem
+def evaluation_dir(run_name: str, checkpoint: Path, run_dir: Optional[Path] = None) -> Path:
+    """Where evaluating ``checkpoint`` writes: logs/<run>/eval/<checkpoint file name without .ckpt>/, or, for a
+    file outside the run's checkpoint folder ``run_dir``, eval/<its folder's name>-<file name>/: another run's
+    last.ckpt must not overwrite what evaluating this run's last.ckpt wrote."""
+    inside = run_dir is None or checkpoint.resolve().parent == run_dir.resolve()
+    name = checkpoint.stem if inside else f"{checkpoint.resolve().parent.name}-{checkpoint.stem}"
+    return LOG_ROOT / run_name / EVALUATION_FOLDER / name
+
+
+def refuse_to_rewind(run_dir: Path, run_name: str, checkpoint: Path, step: int) -> None:
+    """``fit`` from one of the run's older checkpoints (its best file) would replace the newer last.ckpt with a
+    continuation of the older epoch: refused, with the two ways to do what was meant."""
+    last = run_dir / LAST_NAME
+    if checkpoint.resolve().parent != run_dir.resolve() or checkpoint.name == LAST_NAME or not last.is_file():
+        return
+    newest = int(read_checkpoint(last).get("global_step") or 0)
+    if newest <= step:
+        return
+    raise UsageError(
+        f"--ckpt_path '{checkpoint}' is at step {step} of run '{run_name}', but the run's {LAST_NAME} is at step "
+        f"{newest}: resuming from the older file would replace {LAST_NAME} with a continuation of it, and the newer "
+        f"steps would be lost. Resume the run with --ckpt_path last, or continue from this checkpoint as a new run: "
+        f"--run_name NEW_NAME --ckpt_path {checkpoint}."
+    )
+
+
+def check_checkpoint_filename(filename: Optional[str]) -> None:
+    """``--checkpoint.filename`` names a file in the run's folder; a folder in it would put the best checkpoint
+    where ``--ckpt_path best`` and the run's other checks do not look."""
+    literal = re.sub(r"\{[^}]*\}", "", filename or "")  # metric names inside {...} (val/acc) are not folders
+    if "/" in literal or "\\" in literal:
+        raise UsageError(
+            f"--checkpoint.filename {filename!r} holds a folder: it names the best checkpoint's file inside the "
+            f"run's folder. Give a file name pattern such as 'best-{{epoch}}', and choose the folder with "
+            f"--checkpoint.dirpath (or --run_name)."
+        )
 
 
 def last_checkpoint(dirpath: str) -> ModelCheckpoint:
