@@ -134,10 +134,8 @@ def jitter_weights(factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 def apply_jitter(images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The three slots of ``jitter_weights`` on the device: a few whole-batch kernels per slot.
-
-    (About 1.6 ms per batch of 128 on one CPU core; running all three ops in every slot took 9.3 ms.)
-    """
+    """The three slots of ``jitter_weights`` on the device: a few whole-batch kernels per slot, each image's
+    chosen op weighted in (cheaper than running all three ops in every slot; docs/performance.md)."""
     for slot in range(weights.shape[1]):
         own, mean_part, gray_part = (per_image(w) for w in weights[:, slot].unbind(-1))
         gray = rgb_to_gray(images)

@@ -52,7 +52,7 @@ class Classifier:
     def logits(self, images: Union[torch.Tensor, np.ndarray], progress: bool = False) -> torch.Tensor:
         """uint8 images (N, 3, H, W) → logits (N, classes), float32 on the CPU, ``BATCH_SIZE`` images at a time.
 
-        ``progress`` shows a bar on stderr: CIFAR's 10,000 test images take about 11 s at α = 1 on 2 CPU cores.
+        ``progress`` shows a bar on stderr (CIFAR's 10,000 test images take seconds on a CPU).
         """
         images = torch.as_tensor(images)
         starts = range(0, len(images), BATCH_SIZE)

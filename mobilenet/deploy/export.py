@@ -60,7 +60,7 @@ def write_onnx(net: torch.nn.Module, metadata: Metadata, path: Path) -> None:
     onnx = require("onnx")
     example = torch.zeros(2, 3, metadata.resolution, metadata.resolution)
     # The torch.export-based ("dynamo") exporter, torch's default since 2.9: MobileNetV1 has no data-dependent
-    # control flow, so torch.export captures it whole (about 8 s on 2 CPU cores).
+    # control flow, so torch.export captures it whole (seconds on a CPU).
     program = torch.onnx.export(
         net,
         (example,),

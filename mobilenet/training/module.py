@@ -169,8 +169,8 @@ class MobileNetClassifier(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.shared_step(batch, self.train_metrics)
-        # Per step on a GPU: one self.log (each costs Lightning about 0.8 ms of Python, which shows in a
-        # 15 ms step) and no wait for the device. The epoch's loss and accuracy accumulate on the device
+        # Per step: one self.log (each costs Lightning measurable Python time, which shows in a short GPU step;
+        # docs/performance.md) and no wait for the device. The epoch's loss and accuracy accumulate on the device
         # and are logged once, in on_train_epoch_end. The loggers read train/loss_step every
         # log_every_n_steps steps.
         self.log("train/loss_step", loss, on_step=True, on_epoch=False)
