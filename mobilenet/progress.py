@@ -45,9 +45,15 @@ class LineProgress:
             self.reported = True
 
 
+def draws_bars(stream: TextIO) -> bool:
+    """Whether progress on ``stream`` is drawn as a bar (a terminal) or written as whole lines (a file, a pipe):
+    the one rule for this function and for training's progress (``training.callbacks.PlainProgressBar``)."""
+    return stream.isatty()
+
+
 def progress(iterable: Optional[Iterable] = None, *, file: TextIO = None, disable: bool = False, **kwargs):
     """``tqdm(iterable, **kwargs)`` on a terminal, ``LineProgress`` otherwise (``disable`` silences both)."""
     file = file or sys.stderr
-    if disable or file.isatty():
+    if disable or draws_bars(file):
         return tqdm(iterable, file=file, disable=disable, **kwargs)
     return LineProgress(iterable, file=file, **kwargs)

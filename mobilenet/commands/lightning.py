@@ -22,6 +22,7 @@ from mobilenet.data.base import BatchedDataModule
 from mobilenet.deploy.artifacts import Artifact, with_network
 from mobilenet.errors import UsageError
 from mobilenet.files import check_writable
+from mobilenet.progress import draws_bars
 from mobilenet.record import first_line
 from mobilenet.training.callbacks import (
     CompactModelSummary,
@@ -144,7 +145,7 @@ class MobileNetCLI(LightningCLI):
         """The Trainer, with this project's callbacks among the defaults LightningCLI adds after the config's."""
         trainer_config = self.config_init[self.subcommand].trainer
         callbacks = [PredictionWriter()]
-        if trainer_config.enable_progress_bar is not False and not sys.stdout.isatty():
+        if trainer_config.enable_progress_bar is not False and not draws_bars(sys.stdout):
             callbacks.append(PlainProgressBar())  # output to a file: whole lines, not redrawn bars
         if trainer_config.enable_model_summary is not False:
             callbacks.append(CompactModelSummary())
