@@ -214,3 +214,18 @@ def test_a_file_name_that_is_not_utf8_is_classified_and_drawn_in_the_grid(in_tmp
     assert capsys.readouterr().out.startswith("caf\ufffd.png: ")
     with Image.open(in_tmp / "grid.png") as grid:
         assert grid.format == "PNG"
+
+
+def test_a_folder_that_cannot_be_read_is_named_as_such_not_as_empty(in_tmp, monkeypatch, capsys):
+    """A folder this user may not list looks empty to a directory walk; classify says it cannot be read. (Root
+    reads every folder whatever its mode, so the denial is simulated where the permission is asked.)"""
+    locked = in_tmp / "locked"
+    locked.mkdir()
+    save(np.full((32, 32, 3), 200, np.uint8), locked / "x.png")
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: False if Path(path).resolve() == locked else real_access(path, mode)
+    )
+    with pytest.raises(SystemExit):
+        main(["classify", "locked"])
+    assert "The folder 'locked' cannot be read (permission denied)" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 import os
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +175,15 @@ def test_a_class_folder_named_in_another_encoding_is_refused_before_anything_is_
     os.rename(folder / "train" / CLASSES[0], os.path.join(os.fsencode(folder / "train"), b"caf\xe9"))
     with pytest.raises(UsageError, match=r"b'caf\\xe9'.*not printable UTF-8 text.*Rename the folders"):
         ImageFolderDataModule(str(folder))
+
+
+def test_a_class_folder_that_cannot_be_read_is_named_as_such_not_as_empty(folder, monkeypatch):
+    locked = folder / "train" / CLASSES[0]
+    real_access, real_rglob = os.access, Path.rglob
+    # As a user without the permission sees it (root reads every folder whatever its mode): empty, and locked.
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: False if Path(path).resolve() == locked else real_access(path, mode)
+    )
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: iter(()) if self == locked else real_rglob(self, pattern))
+    with pytest.raises(UsageError, match=f"{CLASSES[0]} in .* cannot be read .permission denied.*chmod"):
+        datamodule(folder, stage="fit")

@@ -12,6 +12,7 @@ import torch
 
 from mobilenet.data.base import BatchedDataModule
 from mobilenet.data.image_files import class_folders, read_image_split
+from mobilenet.data.images import readable_folder
 from mobilenet.data.sampling import TensorBatches
 from mobilenet.errors import UsageError
 
@@ -69,6 +70,12 @@ class ImageFolderDataModule(BatchedDataModule):
             images, labels = self.read("train")
             counts = torch.bincount(labels, minlength=len(self.class_names)).tolist()
             empty = [name for name, count in zip(self.class_names, counts, strict=True) if not count]
+            locked = [name for name in empty if not readable_folder(self.root / "train" / name)]
+            if locked:
+                raise UsageError(
+                    f"The class folder(s) {', '.join(locked)} in '{self.root / 'train'}' cannot be read (permission "
+                    f"denied). Give this user read access to them (chmod -R u+rX), or remove them."
+                )
             if empty:
                 raise UsageError(
                     f"The class folder(s) {', '.join(empty)} in '{self.root / 'train'}' hold no readable image, so "

@@ -1,5 +1,6 @@
 """Image files read into uint8 RGB tensors the way a classifier expects them, whatever their format and mode."""
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -26,11 +27,17 @@ def find_images(paths: list[str]) -> list[Path]:
         path = Path(name)
         inside = (
             sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
-            if (path.is_dir())
+            if path.is_dir() and readable_folder(path)
             else []
         )
         found.extend(inside or [path])
     return found
+
+
+def readable_folder(path: Path) -> bool:
+    """Whether the folder's entries can be listed and opened: a folder without that permission looks empty to a
+    directory walk, and would be reported as holding no images."""
+    return os.access(path, os.R_OK | os.X_OK)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -57,6 +64,8 @@ def upright(image: Image.Image) -> Image.Image:
 def read_image(path: Path, resolution: Optional[int] = None) -> torch.Tensor:
     """uint8 (3, H, W), upright, or (3, resolution, resolution) prepared as for the network (``decode``); a
     missing, truncated, oversized or non-image file raises ``UsageError`` naming it."""
+    if path.is_dir() and not readable_folder(path):
+        raise UsageError(f"The folder '{path}' cannot be read (permission denied), so its images were not found.")
     if path.is_dir():
         raise UsageError(f"The folder '{path}' holds no {', '.join(EXTENSIONS)} files.")
     if path.exists() and not path.is_file():  # a FIFO, a socket or a device would block or never end
