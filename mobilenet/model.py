@@ -47,17 +47,24 @@ def scaled_channels(channels: int, width_mult: float, divisor: int = 8) -> int:
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """A depthwise convolution (``groups == in_channels``) that computes in float32 under CPU bfloat16 autocast.
+    """A depthwise convolution (``groups == in_channels``) that computes in float32 under CPU bfloat16 autocast
+    where oneDNN's bfloat16 kernel is slow: at stride 2, and on inputs of 2×2 pixels or fewer.
 
-    A per-layer precision policy: with ``bf16-mixed`` on the CPU, oneDNN's bfloat16 depthwise backward leaves its
-    fast path (most at the stride-2 layers), while the 1×1 convolutions gain from bfloat16. Computing the
-    depthwise layers (and so the BatchNorm and ReLU after them) in float32 makes ``bf16-mixed`` faster than
-    ``32-true`` instead of slower (docs/performance.md). The weights, their names and every other precision are
-    those of ``nn.Conv2d``.
+    A per-layer precision policy chosen by measurement (docs/performance.md): with ``bf16-mixed`` on the CPU,
+    oneDNN's bfloat16 depthwise backward leaves its fast path at those layers (up to 10× slower than float32),
+    while the stride-1 depthwise layers and the 1×1 convolutions gain from bfloat16. The weights, their names and
+    every other precision are those of ``nn.Conv2d``.
     """
 
+    # Inputs this small (the 1024-channel layer at 2×2) run their bfloat16 backward slowly even at stride 1.
+    SLOW_BF16_SIDE = 2
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        if (
+            images.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu")
+            and (self.stride[0] > 1 or images.shape[-1] <= self.SLOW_BF16_SIDE)
+        ):
             with torch.autocast("cpu", enabled=False):
                 return super().forward(images.float())
         return super().forward(images)

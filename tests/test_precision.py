@@ -116,18 +116,25 @@ def test_resuming_a_bf16_run_on_the_cpu_is_exact(in_tmp, cifar10_dir, bf16_cpu):
     assert not all(torch.equal(a[key], c[key]) for key in a)
 
 
-def test_under_cpu_bf16_autocast_depthwise_layers_compute_in_float32_and_pointwise_in_bf16():
+def test_under_cpu_bf16_autocast_slow_depthwise_layers_compute_in_float32_and_the_others_in_bf16():
     net = MobileNetV1(width_mult=0.25).to(memory_format=torch.channels_last)
-    block = net.features[2]  # a stride-2 block: the layers whose bf16 backward is slowest
+    # features[2]: stride 2, whose bf16 backward is slowest; features[1]: stride 1 at 32×32, faster in bf16;
+    # features[-1]: stride 1 at 2×2, slow in bf16 again.
+    blocks = {"stride 2": net.features[2], "stride 1": net.features[1], "2×2": net.features[-1]}
     outputs = {}
-    for name in ("depthwise", "pointwise"):
-        getattr(block, name)[0].register_forward_hook(lambda m, i, out, name=name: outputs.__setitem__(name, out))
+    for label, block in blocks.items():
+        for name in ("depthwise", "pointwise"):
+            layer = getattr(block, name)[0]
+            layer.register_forward_hook(lambda m, i, out, key=(label, name): outputs.__setitem__(key, out.dtype))
     images = torch.randn(4, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         net(images).float().sum().backward()
-    assert set(outputs) == {"depthwise", "pointwise"}
-    assert outputs["depthwise"].dtype == torch.float32 and outputs["pointwise"].dtype == torch.bfloat16
-    assert block.depthwise[0].weight.grad.dtype == torch.float32
+    assert outputs == {
+        ("stride 2", "depthwise"): torch.float32, ("stride 2", "pointwise"): torch.bfloat16,
+        ("stride 1", "depthwise"): torch.bfloat16, ("stride 1", "pointwise"): torch.bfloat16,
+        ("2×2", "depthwise"): torch.float32, ("2×2", "pointwise"): torch.bfloat16,
+    }  # fmt: skip
+    assert blocks["stride 2"].depthwise[0].weight.grad.dtype == torch.float32
     # Outside autocast it is an ordinary convolution, with nn.Conv2d's parameter names
     assert MobileNetV1(width_mult=0.25)(images).dtype == torch.float32
     assert "features.2.depthwise.0.weight" in net.state_dict()
