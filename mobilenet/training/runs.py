@@ -149,11 +149,16 @@ def resolve_checkpoint(ckpt_path: str, run_dir: Path, run_name: str, command: st
 
 
 def evaluation_dir(run_name: str, checkpoint: Path, run_dir: Optional[Path] = None) -> Path:
-    """Where evaluating ``checkpoint`` writes: logs/<run>/eval/<checkpoint file name without .ckpt>/, or, for a
-    file outside the run's checkpoint folder ``run_dir``, eval/<its folder's name>-<file name>/: another run's
-    last.ckpt must not overwrite what evaluating this run's last.ckpt wrote."""
-    inside = run_dir is None or checkpoint.resolve().parent == run_dir.resolve()
-    name = checkpoint.stem if inside else f"{checkpoint.resolve().parent.name}-{checkpoint.stem}"
+    """Where evaluating ``checkpoint`` writes: logs/<run>/eval/<checkpoint file name without .ckpt>/.
+
+    A file from outside the run's checkpoint folder ``run_dir`` whose name the run's own files use (another run's
+    last.ckpt) gets eval/<its folder's name>-<file name>/ instead, so that it does not overwrite what evaluating
+    the run's own file wrote.
+    """
+    name = checkpoint.stem
+    if run_dir is not None and checkpoint.resolve().parent != run_dir.resolve():
+        if checkpoint.name == LAST_NAME or (run_dir / checkpoint.name).exists():
+            name = f"{checkpoint.resolve().parent.name}-{checkpoint.stem}"
     return LOG_ROOT / run_name / EVALUATION_FOLDER / name
 
 
