@@ -32,7 +32,7 @@ class Shipped:
 
 MODELS = {
     "cifar10": Shipped(
-        "mobilenet_v1_cifar10.safetensors", "d663ec499c3e8f78e54409fd48acf9c81c2f1f95ac04e2387b0a1fabd40d5f5e"
+        "mobilenet_v1_cifar10.safetensors", "1d44649e1f68e3b5014b3434b3570185de2222dc753e57fa4c759aeebab96895"
     ),
 }
 
