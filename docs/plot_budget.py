@@ -15,7 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-from plot_val_acc import val_acc_by_epoch  # noqa: E402
+from plot_val_acc import save, val_acc_by_epoch  # noqa: E402
 
 
 def main() -> None:
@@ -52,10 +52,7 @@ def main() -> None:
     axes.set_ylim(bottom=args.floor)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize=9)
-    figure.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.out)
-    print(f"Wrote {args.out}")
+    save(figure, args.out)
 
 
 if __name__ == "__main__":

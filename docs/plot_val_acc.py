@@ -53,10 +53,15 @@ def main() -> None:
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     else:
         axes.legend(loc="lower right")
+    save(figure, args.out)
+
+
+def save(figure, out: Path) -> None:
+    """Lay out ``figure`` and write it to ``out`` (its folder made if needed)."""
     figure.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.out)
-    print(f"Wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    print(f"Wrote {out}")
 
 
 if __name__ == "__main__":

@@ -237,20 +237,15 @@ def stop_if_finished(config, settled: Settled) -> None:
     steps = int(artifact.checkpoint.get("global_step") or 0)
     asked, asked_steps = config.trainer.max_epochs, config.trainer.max_steps
     if asked is not None and asked >= 0 and trained >= asked:
-        done = f"has trained {trained} epoch{'' if trained == 1 else 's'} already"
-        limit = f"--trainer.max_epochs is {asked}"
-        raise_it = "--trainer.max_epochs"
+        done, limit, value = f"{trained} epoch{'' if trained == 1 else 's'}", "--trainer.max_epochs", asked
     elif asked_steps is not None and asked_steps >= 0 and steps >= asked_steps:
-        done, limit, raise_it = (
-            f"has trained {steps} steps already",
-            f"--trainer.max_steps is {asked_steps}",
-            ("--trainer.max_steps"),
-        )
+        done, limit, value = f"{steps} steps", "--trainer.max_steps", asked_steps
     else:
         return
     print(
-        f"Run '{config.run_name}' {done} ('{artifact.path}'), and {limit}: there is nothing left to train. Raise "
-        f"{raise_it} to train it longer, or evaluate it with `mobilenet test --ckpt_path {artifact.path}`."
+        f"Run '{config.run_name}' has trained {done} already ('{artifact.path}'), and {limit} is {value}: there "
+        f"is nothing left to train. Raise {limit} to train it longer, or evaluate it with `mobilenet test "
+        f"--ckpt_path {artifact.path}`."
     )
     raise SystemExit(0)
 

@@ -12,6 +12,8 @@ from torchvision.transforms.v2 import functional as TF
 from mobilenet.errors import UsageError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# What Pillow raises for a file it cannot decode (truncated, not an image, too large).
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 # Transparent pixels are shown on white, as an image viewer would show them.
 BACKGROUND = (255, 255, 255)
 
@@ -75,10 +77,6 @@ def read_image(path: Path, resolution: Optional[int] = None) -> torch.Tensor:
     except DECODE_ERRORS as err:
         reason = "no such file" if isinstance(err, FileNotFoundError) else f"{type(err).__name__}: {err}"
         raise UsageError(f"'{path}' could not be read as an image ({reason}).") from err
-
-
-# What Pillow raises for a file it cannot decode (truncated, not an image, too large).
-DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def decode(path: Path, resolution: Optional[int] = None) -> torch.Tensor:
