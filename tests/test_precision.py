@@ -66,7 +66,9 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_refused_before_anything_is_w
 
 def test_the_fit_banner_says_which_precision_runs_and_why(in_tmp, cifar10_dir, capsys, bf16_cpu):
     fit(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--run_name", "default")
-    assert "Precision: 32-true (the default on a CPU; this CPU has AVX512-BF16" in capsys.readouterr().out
+    assert "Precision: 32-true (the default on a CPU; this CPU has AVX512-BF16: --trainer.precision bf16-mixed" in (
+        capsys.readouterr().out
+    )
     fit(cifar10_dir, "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed")
     assert "Precision: bf16-mixed (as asked; this CPU has AVX512-BF16" in capsys.readouterr().out
 
