@@ -100,6 +100,22 @@ def test_print_config_shows_the_reference_recipe(tmp_path):
     assert data["augment"] == "seed" and data["dataset"] == "cifar10"
 
 
+def test_the_one_hour_recipe_is_the_tuned_recipe_with_more_epochs_in_bf16(tmp_path):
+    """configs/cifar10_hour.yaml over configs/cifar10_fast.yaml changes only the length, the precision and the name."""
+    fast = [str(CONFIGS / "cifar10_fast.yaml")]
+    configs = {}
+    for name, files in {"fast": fast, "hour": [*fast, str(CONFIGS / "cifar10_hour.yaml")]}.items():
+        argv = [arg for path in files for arg in ("--config", path)]
+        result = mobilenet("fit", *argv, "--print_config", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        configs[name] = yaml.safe_load(result.stdout)
+    fast, hour = configs["fast"], configs["hour"]
+    assert hour["trainer"].pop("max_epochs") > fast["trainer"].pop("max_epochs")
+    assert (hour["trainer"].pop("precision"), fast["trainer"].pop("precision")) == ("bf16-mixed", None)
+    assert (hour.pop("run_name"), fast.pop("run_name")) == ("cifar10_hour", None)
+    assert hour == fast
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cifar10_dir) -> tuple[Path, subprocess.CompletedProcess]:
     """A working folder after `mobilenet fit` for one epoch, and what the fit printed (to a pipe, not a terminal)."""
