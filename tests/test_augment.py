@@ -121,7 +121,7 @@ def test_evaluation_transform_is_torchvisions_to_dtype_resize_normalize():
     assert torch.allclose(transform(uint8), reference(uint8), atol=1e-5)
 
 
-@pytest.mark.parametrize("preset", ("seed", "standard"))
+@pytest.mark.parametrize("preset", ("seed", "standard", "cutout"))
 def test_presets_keep_shape_and_dtype_and_draw_per_image(preset):
     same_image = torch.rand(1, 3, 32, 32).expand(16, -1, -1, -1).contiguous()
     out = A.AUGMENTATIONS[preset](same_image, torch.Generator().manual_seed(0))
@@ -130,7 +130,7 @@ def test_presets_keep_shape_and_dtype_and_draw_per_image(preset):
     assert len(distinct) >= 12, f"only {len(distinct)} distinct results for 16 copies of one image"
 
 
-@pytest.mark.parametrize("preset", ("seed", "standard", "none"))
+@pytest.mark.parametrize("preset", ("seed", "standard", "cutout", "none"))
 def test_augmentation_is_a_function_of_its_seed(preset, images):
     def run(seed):
         return A.AUGMENTATIONS[preset](images.clone(), torch.Generator().manual_seed(seed))
@@ -143,3 +143,30 @@ def test_augmentation_is_a_function_of_its_seed(preset, images):
 def test_seed_preset_stays_in_the_unit_range():
     out = A.seed_augment(torch.rand(32, 3, 32, 32), torch.Generator().manual_seed(3))
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_cutout_is_the_standard_crop_with_one_clipped_mean_coloured_square():
+    images = torch.rand(64, 3, 32, 32) * 0.1 + 0.9  # far from the mean colour, so the square is easy to find
+    standard = A.standard_augment(images, torch.Generator().manual_seed(5))
+    out = A.cutout_augment(images, torch.Generator().manual_seed(5))
+    changed = (out != standard).any(dim=1)  # (N, H, W)
+    mean = torch.tensor(CIFAR10_MEAN).view(3, 1)
+    areas = set()
+    for image, mask in zip(out, changed, strict=True):
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert len(rows) and len(cols), "every image loses a square (its centre lies inside the image)"
+        # one solid rectangle of at most 16 × 16, touching the border whenever it is smaller
+        assert mask.sum() == len(rows) * len(cols) and len(rows) <= 16 and len(cols) <= 16
+        assert rows[-1] - rows[0] + 1 == len(rows) and cols[-1] - cols[0] + 1 == len(cols)
+        assert len(rows) == 16 or rows[0] == 0 or rows[-1] == 31
+        assert len(cols) == 16 or cols[0] == 0 or cols[-1] == 31
+        assert torch.allclose(image[:, mask], mean.expand(3, int(mask.sum())))
+        areas.add(int(mask.sum()))
+    assert 256 in areas and len(areas) > 5, "squares are whole inside the image and clipped at its border"
+
+
+def test_cutout_square_is_zero_after_normalisation():
+    transform = A.BatchTransform("cutout", 32, CIFAR10_MEAN, CIFAR10_STD)
+    out = transform(torch.full((8, 3, 32, 32), 255, dtype=torch.uint8), torch.Generator().manual_seed(0))
+    zeros = (out.abs() < 1e-6).all(dim=1)
+    assert all(0 < int(z.sum()) <= 256 for z in zeros)

@@ -100,20 +100,32 @@ def test_print_config_shows_the_reference_recipe(tmp_path):
     assert data["augment"] == "seed" and data["dataset"] == "cifar10"
 
 
-def test_the_one_hour_recipe_is_the_tuned_recipe_with_more_epochs_in_bf16(tmp_path):
-    """configs/cifar10_hour.yaml over configs/cifar10_fast.yaml changes only the length, the precision and the name."""
-    fast = [str(CONFIGS / "cifar10_fast.yaml")]
-    configs = {}
-    for name, files in {"fast": fast, "hour": [*fast, str(CONFIGS / "cifar10_hour.yaml")]}.items():
-        argv = [arg for path in files for arg in ("--config", path)]
-        result = mobilenet("fit", *argv, "--print_config", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        configs[name] = yaml.safe_load(result.stdout)
-    fast, hour = configs["fast"], configs["hour"]
-    assert hour["trainer"].pop("max_epochs") > fast["trainer"].pop("max_epochs")
-    assert (hour["trainer"].pop("precision"), fast["trainer"].pop("precision")) == ("bf16-mixed", None)
-    assert (hour.pop("run_name"), fast.pop("run_name")) == ("cifar10_hour", None)
-    assert hour == fast
+def print_config(tmp_path, *files: str) -> dict:
+    argv = [arg for name in files for arg in ("--config", str(CONFIGS / name))]
+    result = mobilenet("fit", *argv, "--print_config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.mark.parametrize(
+    ("overlay", "changes"),
+    [
+        # the one-hour recipe: the tuned recipe stretched, in bf16
+        ("cifar10_hour.yaml", {}),
+        # the shipped model's recipe: the same, longer, with Cutout on top of crop and flip
+        ("cifar10_long.yaml", {("data", "augment"): ("cutout", "standard")}),
+    ],
+)
+def test_recipe_overlays_change_only_what_they_say(tmp_path, overlay, changes):
+    """An overlay of configs/cifar10_fast.yaml changes the length, the precision, the name and what it lists."""
+    fast = print_config(tmp_path, "cifar10_fast.yaml")
+    long = print_config(tmp_path, "cifar10_fast.yaml", overlay)
+    assert long["trainer"].pop("max_epochs") > fast["trainer"].pop("max_epochs")
+    assert (long["trainer"].pop("precision"), fast["trainer"].pop("precision")) == ("bf16-mixed", None)
+    assert (long.pop("run_name"), fast.pop("run_name")) == (overlay.removesuffix(".yaml"), None)
+    for (section, key), values in changes.items():
+        assert (long[section]["init_args"].pop(key), fast[section]["init_args"].pop(key)) == values
+    assert long == fast
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ Presets (``PRESETS``):
               colour jitter (brightness, contrast, saturation 0.2). Nearest-neighbour resampling and zero
               fill, torchvision's defaults, as the tutorial used them.
     standard  random 32×32 crop of the image padded by 4 pixels, then horizontal flip.
+    cutout    ``standard``, then one 16×16 square (half the side) at a uniformly random centre, clipped at the
+              border, set to the CIFAR-10 mean colour, zero after normalisation (DeVries & Taylor, 2017).
     none      nothing.
 """
 
@@ -19,8 +21,8 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
-Preset = Literal["seed", "standard", "none"]
-PRESETS: tuple[str, ...] = ("seed", "standard", "none")
+Preset = Literal["seed", "standard", "cutout", "none"]
+PRESETS: tuple[str, ...] = ("seed", "standard", "cutout", "none")
 
 # Per-channel mean and standard deviation of the CIFAR-10 training images (RGB, [0, 1] scale): the default
 # normalisation of every DataModule here.
@@ -210,6 +212,33 @@ def standard_augment(images: torch.Tensor, generator: torch.Generator) -> torch.
     return horizontal_flip(images, packed[2].bool())
 
 
+def cut_out(images: torch.Tensor, size: int, top: torch.Tensor, left: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Set the square of side ``size`` whose top-left corner is (top, left) (per image, (N,); may lie
+    outside the image, the square is clipped) to ``fill`` ((1, C, 1, 1))."""
+    height, width = images.shape[-2:]
+    rows = torch.arange(height, device=images.device).view(1, height, 1)
+    cols = torch.arange(width, device=images.device).view(1, 1, width)
+    top, left = top.view(-1, 1, 1), left.view(-1, 1, 1)
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return torch.where(inside.unsqueeze(1), fill, images)
+
+
+def cutout_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``standard``, then a square of half the image side centred anywhere in the image, set to the mean colour."""
+    images = standard_augment(images, generator)
+    n, _, height, width = images.shape
+    size = max(1, height // 2)
+    centres = torch.stack(
+        [
+            torch.randint(0, height, (n,), generator=generator, device=generator.device),
+            torch.randint(0, width, (n,), generator=generator, device=generator.device),
+        ]
+    )
+    corners = to_device(centres - size // 2, images.device)
+    fill = per_channel(CIFAR10_MEAN, images.device).to(images.dtype)
+    return cut_out(images, size, corners[0], corners[1], fill)
+
+
 def no_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return images
 
@@ -217,6 +246,7 @@ def no_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
     "seed": seed_augment,
     "standard": standard_augment,
+    "cutout": cutout_augment,
     "none": no_augment,
 }
 

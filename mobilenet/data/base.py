@@ -29,7 +29,8 @@ class BatchedDataModule(LightningDataModule):
         split_seed: Seed of the validation split, kept apart from ``seed`` so that runs with different
             seeds are validated on the same images.
         augment: Training augmentation preset: ``seed`` (the reference tutorial's flip, rotate, shear,
-            scale and colour jitter), ``standard`` (padded crop and flip) or ``none``.
+            scale and colour jitter), ``standard`` (padded crop and flip), ``cutout`` (``standard`` and a 16×16
+            square of the mean colour) or ``none``.
         resolution: Side in pixels of the images the network sees (the paper's ρ; 32 is CIFAR's own size).
         seed: Seed of the shuffle order and of the augmentation draws.
         mean: Per-channel (RGB) mean used to normalise the images; CIFAR-10's by default.
