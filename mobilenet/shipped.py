@@ -32,7 +32,7 @@ class Shipped:
 
 MODELS = {
     "cifar10": Shipped(
-        "mobilenet_v1_cifar10.safetensors", "1d44649e1f68e3b5014b3434b3570185de2222dc753e57fa4c759aeebab96895"
+        "mobilenet_v1_cifar10.safetensors", "1f31d910cc9e6691b55ba0aad81712f2ae7e3a611555073fd18dccf2cc80a384"
     ),
 }
 
