@@ -165,8 +165,9 @@ def test_cutout_is_the_standard_crop_with_one_clipped_mean_coloured_square():
     assert 256 in areas and len(areas) > 5, "squares are whole inside the image and clipped at its border"
 
 
-def test_cutout_square_is_zero_after_normalisation():
-    transform = A.BatchTransform("cutout", 32, CIFAR10_MEAN, CIFAR10_STD)
+@pytest.mark.parametrize("mean", (CIFAR10_MEAN, (0.5071, 0.4865, 0.4409)), ids=("cifar10", "cifar100"))
+def test_cutout_square_is_zero_after_normalisation(mean):
+    transform = A.BatchTransform("cutout", 32, mean, CIFAR10_STD)
     out = transform(torch.full((8, 3, 32, 32), 255, dtype=torch.uint8), torch.Generator().manual_seed(0))
     zeros = (out.abs() < 1e-6).all(dim=1)
     assert all(0 < int(z.sum()) <= 256 for z in zeros)

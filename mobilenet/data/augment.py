@@ -12,10 +12,12 @@ Presets (``PRESETS``):
               fill, torchvision's defaults, as the tutorial used them.
     standard  random 32×32 crop of the image padded by 4 pixels, then horizontal flip.
     cutout    ``standard``, then one 16×16 square (half the side) at a uniformly random centre, clipped at the
-              border, set to the CIFAR-10 mean colour, zero after normalisation (DeVries & Taylor, 2017).
+              border, set to the mean colour the images are normalised with (CIFAR-10's by default), so zero
+              after normalisation (DeVries & Taylor, 2017).
     none      nothing.
 """
 
+from functools import partial
 from typing import Callable, Literal
 
 import torch
@@ -223,8 +225,10 @@ def cut_out(images: torch.Tensor, size: int, top: torch.Tensor, left: torch.Tens
     return torch.where(inside.unsqueeze(1), fill, images)
 
 
-def cutout_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``standard``, then a square of half the image side centred anywhere in the image, set to the mean colour."""
+def cutout_augment(
+    images: torch.Tensor, generator: torch.Generator, mean: tuple[float, ...] = CIFAR10_MEAN
+) -> torch.Tensor:
+    """``standard``, then a square of half the image side centred anywhere in the image, set to ``mean``."""
     images = standard_augment(images, generator)
     n, _, height, width = images.shape
     size = max(1, height // 2)
@@ -235,7 +239,7 @@ def cutout_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Te
         ]
     )
     corners = to_device(centres - size // 2, images.device)
-    fill = per_channel(CIFAR10_MEAN, images.device).to(images.dtype)
+    fill = per_channel(mean, images.device).to(images.dtype)
     return cut_out(images, size, corners[0], corners[1], fill)
 
 
@@ -278,6 +282,8 @@ class BatchTransform:
 
     def __init__(self, augment: Preset, resolution: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.augment = AUGMENTATIONS[augment]
+        if augment == "cutout":  # the square takes the colour that normalises to zero
+            self.augment = partial(cutout_augment, mean=tuple(mean))
         self.resolution = resolution
         self.mean = mean
         self.std = std
