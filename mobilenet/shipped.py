@@ -32,7 +32,7 @@ class Shipped:
 
 MODELS = {
     "cifar10": Shipped(
-        "mobilenet_v1_cifar10.safetensors", "1f31d910cc9e6691b55ba0aad81712f2ae7e3a611555073fd18dccf2cc80a384"
+        "mobilenet_v1_cifar10.safetensors", "7af5a4039700baedf5c2437932d69575a4af905b2aef4aeeebea5275ba6aa43f"
     ),
 }
 

@@ -157,6 +157,6 @@ def test_predict_and_classify_give_the_same_confidences_for_the_same_images(tmp_
         rows = list(csv.DictReader(file))
     by_predict = sorted((row["prediction_name"], round(float(row["confidence"]), 4)) for row in rows)
     assert len(by_predict) == len(by_classify) == 20
-    # The record's temperature (0.836) makes the probabilities differ from a plain softmax by up to 0.085.
+    # The record's temperature (below 1) makes the probabilities differ from a plain softmax by up to 0.085.
     for (name_p, conf_p), (name_c, conf_c) in zip(by_predict, by_classify, strict=True):
         assert name_p == name_c and conf_p == pytest.approx(conf_c, abs=2e-4)
