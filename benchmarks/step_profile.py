@@ -7,7 +7,9 @@ The bare step (forward, loss, backward, optimiser step; no data loading) of Mobi
 images, profiled with ``torch.profiler`` after warm-up steps. Each ATen kernel's own time is put in a row:
 the 3×3 depthwise convolutions (by stride and input shape), the 1×1 pointwise convolutions (by input shape),
 the stem convolution, BatchNorm, ReLU, the optimiser, the dtype casts of autocast, and the rest. Forward and
-backward are separate rows. Times are milliseconds per step, summed over the layers of that kind.
+backward are separate rows. Times are milliseconds per step, summed over the layers of that kind. A 1×1
+convolution that runs as a matrix multiply (``mobilenet.model.PointwiseConv2d`` under bf16 autocast) is
+recognised by its operands' shapes and counted in the same rows as one that runs as a convolution.
 """
 
 import argparse
@@ -42,6 +44,22 @@ def conv_strides(net: torch.nn.Module, images: torch.Tensor) -> dict[tuple, int]
     return strides
 
 
+def matmul_rows(strides: dict, batch_size: int) -> dict[tuple, tuple[str, str]]:
+    """{(pass, shape of A, shape of B): (group, row)} for the matrix multiplies of 1×1 convolutions computed as one:
+    forward (N·H·W, C_in) @ (C_in, C_out); backward (N·H·W, C_out) @ (C_out, C_in) and (C_out, N·H·W) @ (N·H·W, C_in).
+    """
+    rows = {}
+    for (channels, height, width, c_out, c_in, kh, kw), stride in strides.items():
+        if (kh, kw) != (1, 1) or height * width == 1:
+            continue
+        m = batch_size * height * width
+        where = f"pointwise 1×1 {c_in}→{c_out} in {channels}×{height}×{width}, stride {stride}"
+        rows[("forward", (m, c_in), (c_in, c_out))] = ("pointwise 1×1 forward", f"{where} (forward)")
+        for shapes in (((m, c_out), (c_out, c_in)), ((c_out, m), (m, c_in))):
+            rows[("backward", *shapes)] = ("pointwise 1×1 backward", f"{where} (backward)")
+    return rows
+
+
 def conv_kind(shapes: list, strides: dict) -> tuple[str, str]:
     """(kind, kind with shape) of a convolution kernel whose inputs start (image, weight, ...)."""
     image, weight = (shapes + [None, None])[:2]
@@ -56,9 +74,22 @@ def conv_kind(shapes: list, strides: dict) -> tuple[str, str]:
     return "stem 3×3", f"stem 3×3 {where}"
 
 
-def row_of(name: str, shapes: list, strides: dict) -> tuple[str, str]:
+def in_backward(event) -> bool:
+    """Whether a profiled kernel ran inside autograd's backward pass (a kernel's name does not always say)."""
+    while event is not None:
+        if event.name.startswith("autograd::engine::evaluate_function"):
+            return True
+        event = event.cpu_parent
+    return False
+
+
+def row_of(name: str, shapes: list, strides: dict, matmuls: dict, backward: bool) -> tuple[str, str]:
     """(group, row) of one kernel: group is the layer kind, row adds the shape."""
-    pass_ = "backward" if "backward" in name else "forward"
+    pass_ = "backward" if backward or "backward" in name else "forward"
+    if name == "aten::mm" and len(shapes) == 2:
+        found = matmuls.get((pass_, *(tuple(shape) for shape in shapes)))
+        if found:
+            return found
     if name in CONV:
         kind, detail = conv_kind(shapes if pass_ == "forward" else shapes[1:], strides)
         return f"{kind} {pass_}", f"{detail} ({pass_})"
@@ -81,6 +112,7 @@ def profile_step(precision: str, width_mult: float, batch_size: int, warmup: int
     labels = torch.randint(0, 10, (batch_size,))
     bf16 = precision == "bf16-mixed"
     strides = conv_strides(net, images)
+    matmuls = matmul_rows(strides, batch_size)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -96,10 +128,10 @@ def profile_step(precision: str, width_mult: float, batch_size: int, warmup: int
             step()
     groups: dict[str, float] = defaultdict(float)
     rows: dict[str, float] = defaultdict(float)
-    for event in prof.key_averages(group_by_input_shape=True):
-        if event.self_cpu_time_total <= 0 or not event.key.startswith("aten::"):
+    for event in prof.events():
+        if event.self_cpu_time_total <= 0 or not event.name.startswith("aten::"):
             continue
-        group, row = row_of(event.key, list(event.input_shapes or []), strides)
+        group, row = row_of(event.name, list(event.input_shapes or []), strides, matmuls, in_backward(event))
         milliseconds = event.self_cpu_time_total / 1000 / steps
         groups[group] += milliseconds
         rows[row] += milliseconds

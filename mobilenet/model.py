@@ -10,6 +10,7 @@ from numbers import Real
 from typing import Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mobilenet.errors import UsageError
@@ -62,6 +63,8 @@ class DepthwiseConv2d(nn.Conv2d):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if (
             images.device.type == "cpu"
+            and self.stride == (1, 1)
+            and self.groups == 1
             and torch.is_autocast_enabled("cpu")
             and (self.stride[0] > 1 or images.shape[-1] <= self.SLOW_BF16_SIDE)
         ):
@@ -70,11 +73,35 @@ class DepthwiseConv2d(nn.Conv2d):
         return super().forward(images)
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1×1 convolution that, under CPU bfloat16 autocast on a channels-last input, computes as one matrix
+    multiply over the (N, H, W, C) view of its input.
+
+    A precision policy chosen by measurement (docs/performance.md): on CPUs with AMX-BF16, oneDNN's bfloat16
+    1×1 convolution backward leaves its fast path at small inputs (the 512-channel layers at 4×4, the
+    1024-channel ones at 2×2: up to 15× slower than float32), while a bfloat16 matrix multiply of the same
+    numbers keeps it at every shape. The weights, their names and every other precision are those of
+    ``nn.Conv2d``.
+    """
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if (
+            images.device.type == "cpu"
+            and self.stride == (1, 1)
+            and self.groups == 1
+            and torch.is_autocast_enabled("cpu")
+            and images.is_contiguous(memory_format=torch.channels_last)
+        ):
+            weight = self.weight.view(self.out_channels, self.in_channels)
+            return F.linear(images.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
+        return super().forward(images)
+
+
 def conv_bn_act(
     in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, activation: type[nn.Module]
 ) -> nn.Sequential:
     """Convolution without bias (the BatchNorm after it has one), BatchNorm, activation."""
-    conv = DepthwiseConv2d if groups == in_channels > 1 else nn.Conv2d
+    conv = DepthwiseConv2d if groups == in_channels > 1 else PointwiseConv2d if kernel_size == 1 else nn.Conv2d
     return nn.Sequential(
         conv(
             in_channels,

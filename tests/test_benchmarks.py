@@ -98,3 +98,17 @@ def test_gpu_check_runs_every_precision_and_ablation_and_reports_them(tmp_path):
     assert ("All checks passed." in result.stdout) == (result.returncode == 0) == (not figures["failures"])
     for variant in ablations:
         assert variant in result.stdout
+
+
+def test_step_profile_puts_every_layer_kind_in_its_row_in_both_precisions():
+    """The 1×1 layers are a matrix multiply under bf16 autocast and a convolution in float32: the profile must
+    count both as the same pointwise rows, or its before/after tables would compare nothing."""
+    from benchmarks.step_profile import profile_step
+
+    for precision in ("32-true", "bf16-mixed"):
+        result = profile_step(precision, width_mult=0.25, batch_size=4, warmup=1, steps=1)
+        groups, rows = result["groups"], result["rows"]
+        for kind in ("pointwise 1×1", "depthwise 3×3", "BatchNorm"):
+            assert groups.get(f"{kind} forward", 0) > 0 and groups.get(f"{kind} backward", 0) > 0, (precision, kind)
+        for pass_ in ("forward", "backward"):  # a layer whose matrix multiplies have the same shapes both ways
+            assert f"pointwise 1×1 128→128 in 128×4×4, stride 1 ({pass_})" in rows, precision
