@@ -63,8 +63,6 @@ class DepthwiseConv2d(nn.Conv2d):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if (
             images.device.type == "cpu"
-            and self.stride == (1, 1)
-            and self.groups == 1
             and torch.is_autocast_enabled("cpu")
             and (self.stride[0] > 1 or images.shape[-1] <= self.SLOW_BF16_SIDE)
         ):
